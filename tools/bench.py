@@ -1,0 +1,50 @@
+"""The project's benchmark entry point.
+
+  python tools/bench.py NAME [--quick] [benchmark options]
+
+NAME is a module in tools/benchmarks/ (simulate, data, model, train, evaluate, onnx) that
+defines `add_arguments(parser)` (optional) and `run(args) -> dict`. The last line printed is
+one JSON object with at least `bench`, `events_per_s` and `peak_rss_mb`. Timings belong here,
+never in tests.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import pkgutil
+import resource
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
+
+import benchmarks  # noqa: E402
+
+
+def peak_rss_mb() -> float:
+    """Peak resident memory of this process (MiB); Linux reports ru_maxrss in KiB."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def main(argv: list[str] | None = None) -> int:
+    names = sorted(m.name for m in pkgutil.iter_modules(benchmarks.__path__))
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("name", choices=names)
+    parser.add_argument("--quick", action="store_true", help="small sizes, under a minute")
+    argv = sys.argv[1:] if argv is None else argv
+    known, _ = parser.parse_known_args(argv)
+    module = importlib.import_module(f"benchmarks.{known.name}")
+    if hasattr(module, "add_arguments"):
+        module.add_arguments(parser)
+    args = parser.parse_args(argv)
+    result = {"bench": args.name, **module.run(args)}
+    result["peak_rss_mb"] = round(peak_rss_mb(), 1)
+    print(json.dumps(result))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
