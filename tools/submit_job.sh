@@ -1,0 +1,136 @@
+#!/usr/bin/env bash
+# Submit an xecjax training run to Slurm, on x86 (A100/H100) or ARM Grace-Hopper nodes.
+#
+#   tools/submit_job.sh [--dry-run] [--partition P] [--time T] [--gpus N] [--nodes N]
+#                       [--per-gpu] [--account A] [--cpus N] [--mem M]
+#                       RUN_NAME CONFIG [--config.key=value ...]
+#
+# One process per node driving all its GPUs (default) or one per GPU (--per-gpu), started with
+# srun so that jax.distributed.initialize() reads Slurm's variables. The job always passes
+# --config.train.resume=auto: resubmitting the same RUN_NAME continues from runs/RUN_NAME's last
+# checkpoint. SIGTERM is sent 120 s before the time limit; training saves and exits 0, and the
+# job requeues itself when it was preempted. --dry-run prints the batch script instead.
+set -euo pipefail
+
+usage() {
+  sed -n '2,13p' "$0" | sed 's/^# \{0,1\}//'
+  exit "${1:-0}"
+}
+
+dry_run=0
+partition="${XECJAX_PARTITION:-gpu}"
+time_limit="24:00:00"
+gpus=1
+nodes=1
+per_gpu=0
+account=""
+cpus=""
+mem=""
+while [[ $# -gt 0 ]]; do
+  case "$1" in
+    --dry-run) dry_run=1; shift ;;
+    --partition) partition="$2"; shift 2 ;;
+    --time) time_limit="$2"; shift 2 ;;
+    --gpus) gpus="$2"; shift 2 ;;
+    --nodes) nodes="$2"; shift 2 ;;
+    --per-gpu) per_gpu=1; shift ;;
+    --account) account="$2"; shift 2 ;;
+    --cpus) cpus="$2"; shift 2 ;;
+    --mem) mem="$2"; shift 2 ;;
+    -h | --help) usage 0 ;;
+    --) shift; break ;;
+    -*) echo "submit_job.sh: unknown option '$1'" >&2; usage 2 ;;
+    *) break ;;
+  esac
+done
+if [[ $# -lt 2 ]]; then
+  echo "submit_job.sh: RUN_NAME and CONFIG are required" >&2
+  usage 2
+fi
+run_name="$1"
+config="$2"
+shift 2
+for override in "$@"; do
+  if [[ "$override" != --config.*=* ]]; then
+    echo "submit_job.sh: '$override' is not an override of the form --config.key=value" >&2
+    exit 2
+  fi
+done
+if [[ ! "$run_name" =~ ^[A-Za-z0-9._-]+$ ]]; then
+  echo "submit_job.sh: RUN_NAME '$run_name' may contain only letters, digits, '.', '_', '-'" >&2
+  exit 2
+fi
+for n in "$gpus" "$nodes"; do
+  if [[ ! "$n" =~ ^[1-9][0-9]*$ ]]; then
+    echo "submit_job.sh: --gpus/--nodes need a positive integer, got '$n'" >&2
+    exit 2
+  fi
+done
+config_file="${config%%:*}"
+if [[ ! -f "$config_file" ]]; then
+  echo "submit_job.sh: config file '$config_file' not found" >&2
+  exit 2
+fi
+
+repo="$(cd "$(dirname "$0")/.." && pwd)"
+workdir="runs/$run_name"
+if [[ $per_gpu -eq 1 ]]; then
+  tasks_per_node=$gpus
+  gpu_lines="#SBATCH --gpus-per-task=1"
+else
+  tasks_per_node=1
+  gpu_lines="#SBATCH --gpus-per-node=$gpus"
+fi
+cpus="${cpus:-$((8 * gpus / tasks_per_node))}"
+quoted_overrides=""
+for override in "$@"; do
+  quoted_overrides+=" $(printf '%q' "$override")"
+done
+
+script="#!/bin/bash
+#SBATCH --job-name=xecjax-$run_name
+#SBATCH --partition=$partition
+#SBATCH --time=$time_limit
+#SBATCH --nodes=$nodes
+#SBATCH --ntasks-per-node=$tasks_per_node
+$gpu_lines
+#SBATCH --cpus-per-task=$cpus
+#SBATCH --output=$repo/$workdir/slurm-%j.out
+#SBATCH --signal=TERM@120
+#SBATCH --requeue${account:+
+#SBATCH --account=$account}${mem:+
+#SBATCH --mem=$mem}
+set -euo pipefail
+cd $(printf '%q' "$repo")
+
+# The node's architecture picks the environment: a venv \$XECJAX_ENV_DIR/xecjax-<arch>, else the
+# conda environment xecjax-<arch> (env_setting/ builds both).
+arch=\$(uname -m)
+env_dir=\"\${XECJAX_ENV_DIR:-\$HOME/envs}/xecjax-\$arch\"
+if [[ -f \"\$env_dir/bin/activate\" ]]; then
+  # shellcheck source=/dev/null
+  source \"\$env_dir/bin/activate\"
+else
+  eval \"\$(conda shell.bash hook)\"
+  conda activate \"xecjax-\$arch\"
+fi
+# CUDA/cuDNN libraries of the pip NVIDIA wheels, for onnxruntime-gpu (jax finds them itself).
+nv=\$(python -c 'import nvidia, os; p = nvidia.__path__[0]; print(\":\".join(os.path.join(p, d, \"lib\") for d in sorted(os.listdir(p))))' 2>/dev/null || true)
+export LD_LIBRARY_PATH=\"\${nv:+\$nv:}\${LD_LIBRARY_PATH:-}\"
+export PYTHONUNBUFFERED=1
+
+echo \"job \$SLURM_JOB_ID on \$SLURM_JOB_NODELIST (\$arch), \$SLURM_NTASKS processes\"
+srun --kill-on-bad-exit=1 python -m xecjax.train --config $(printf '%q' "$config") --workdir $workdir --config.train.resume=auto$quoted_overrides
+"
+
+if [[ $dry_run -eq 1 ]]; then
+  printf '%s' "$script"
+  exit 0
+fi
+if ! command -v sbatch >/dev/null 2>&1; then
+  echo "submit_job.sh: sbatch not found (not on a Slurm login node?); use --dry-run to see the script" >&2
+  exit 1
+fi
+mkdir -p "$repo/$workdir"
+printf '%s' "$script" >"$repo/$workdir/job.sbatch"
+sbatch "$repo/$workdir/job.sbatch"
