@@ -1,0 +1,751 @@
+"""ROOT files -> normalised batches: discovery, split, streaming, shuffling, prefetch, reweighting.
+
+Inputs follow DESIGN.md section 4 (tree `tree`, per-sensor float[4760] branches, per-event truth).
+The pipeline, per epoch:
+  plan     the sources are cut into chunks (~chunk_size events, snapped to basket boundaries);
+           the chunk order is shuffled with (seed, epoch) and a shuffle buffer of
+           `shuffle_buffer` events is simulated on event positions only, which fixes the order of
+           every event of the epoch before any data is read. The same (seed, epoch) therefore
+           gives the same batches, and `epoch(e, skip_batches=k)` resumes exactly, reading only
+           the chunks that still hold events of batches >= k.
+  read     `workers` threads read chunks with uproot (only the needed branches, library="np",
+           parallel decompression), normalise them with the Normaliser (NumPy, in place) and
+           apply channel dropout and sample weights.
+  batch    a background thread places chunk rows in a fixed pool of slots
+           (shuffle_buffer + chunk + batch events) and gathers batches from it into a bounded
+           queue of `prefetch` batches, so reading overlaps the consumer's compute.
+Memory is set by chunk_size, shuffle_buffer, batch_size, workers and prefetch, not by file sizes
+(the epoch plan holds 12 bytes per event). Events are checked once, when the Loader is built:
+non-finite truth and, optionally, the fiducial cut on uvwTruth remove events; empty files are
+skipped with a warning; every event is accounted for in `Loader.summary`.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import glob
+import hashlib
+import json
+import os
+import queue
+import threading
+import warnings
+from collections.abc import Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import uproot
+
+from xecjax.geometry import N_SENSORS, in_fiducial
+from xecjax.normalise import Normaliser
+
+__all__ = [
+    "DataError",
+    "Loader",
+    "Normaliser",
+    "Reweighter",
+    "Source",
+    "Split",
+    "discover_files",
+    "make_split",
+    "num_entries",
+    "open_tree",
+]
+
+# batch key -> (branch, per-event shape); the truth set is optional (real data has none)
+TRUTH = {
+    "angles": ("emiAng", (2,)),
+    "emiVec": ("emiVec", (3,)),
+    "xyzVTX": ("xyzVTX", (3,)),
+    "xyzTruth": ("xyzTruth", (3,)),
+    "energy": ("energyTruth", ()),
+}
+IDS = {"run": ("run", ()), "event": ("event", ())}
+_OPEN = {
+    "handler": uproot.source.file.MultithreadedFileSource,
+    "array_cache": None,
+    "object_cache": None,
+}
+_STEP = 200_000  # events per read of the small per-event branches
+
+
+class DataError(ValueError):
+    """A ROOT input that cannot be used; the message names the file and what was expected."""
+
+
+# ----------------------------------------------------------------------------------------------
+# Files
+# ----------------------------------------------------------------------------------------------
+def discover_files(spec: str | os.PathLike | Sequence[str | os.PathLike]) -> list[str]:
+    """Absolute paths of the ROOT files named by a file, a directory (its *.root), a glob
+    (`**` recursive) or a list of these; sorted per entry, duplicates removed."""
+    specs = [spec] if isinstance(spec, (str, os.PathLike)) else list(spec)
+    if not specs:
+        raise FileNotFoundError("no input files given (empty list)")
+    out = []
+    for s in map(os.fspath, specs):
+        p = os.path.expanduser(s)
+        if os.path.isdir(p):
+            found = sorted(glob.glob(os.path.join(glob.escape(p), "*.root")))
+            if not found:
+                raise FileNotFoundError(f"directory {s!r} holds no *.root files")
+        elif glob.has_magic(p):
+            found = sorted(f for f in glob.glob(p, recursive=True) if os.path.isfile(f))
+            if not found:
+                raise FileNotFoundError(f"no files match the pattern {s!r}")
+        elif os.path.isfile(p):
+            found = [p]
+        else:
+            raise FileNotFoundError(f"input file {s!r} does not exist")
+        out.extend(os.path.abspath(f) for f in found)
+    return list(dict.fromkeys(out))
+
+
+def open_tree(path: str, tree: str = "tree"):
+    """The TTree `tree` of a ROOT file (close with `.file.close()`), or None for a 0-byte file.
+
+    Raises FileNotFoundError for a missing file and DataError for a file that is not ROOT, is
+    truncated, or has no such TTree (listing what it holds).
+    """
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"ROOT file {path!r} does not exist")
+    if os.path.getsize(path) == 0:
+        return None
+    try:
+        f = uproot.open(path, **_OPEN)
+    except Exception as e:
+        raise DataError(f"{path!r} is not a readable ROOT file ({type(e).__name__}: {e})") from e
+    try:
+        names = f.keys(cycle=False)
+        if tree not in names:
+            raise DataError(f"{path!r} has no tree {tree!r}; it holds {names}")
+        t = f[tree]
+    except DataError:
+        f.close()
+        raise
+    except Exception as e:
+        f.close()
+        raise DataError(
+            f"{path!r} is truncated or corrupt: cannot read {tree!r} ({type(e).__name__}: {e})"
+        ) from e
+    if not isinstance(t, uproot.behaviors.TTree.TTree):
+        f.close()
+        raise DataError(f"{path!r}: {tree!r} is a {type(t).__name__}, not a TTree")
+    return t
+
+
+def num_entries(path: str, tree: str = "tree") -> int:
+    """Number of events in a file (0 for a 0-byte file)."""
+    t = open_tree(path, tree)
+    if t is None:
+        return 0
+    try:
+        return int(t.num_entries)
+    finally:
+        t.file.close()
+
+
+def check_branches(path: str, t, shapes: dict[str, tuple[int, ...] | None]) -> None:
+    """DataError unless every branch exists with the given per-event shape (None: any)."""
+    have = set(t.keys())
+    for b, shape in shapes.items():
+        if b not in have:
+            raise DataError(f"{path!r}: tree {t.name!r} has no branch {b!r}; it has {sorted(have)}")
+        got = getattr(t[b].interpretation, "inner_shape", None)
+        if got is None:
+            raise DataError(
+                f"{path!r}: branch {b!r} is {t[b].typename} ({t[b].interpretation}); "
+                "expected a fixed-size numeric branch"
+            )
+        if shape is not None and tuple(got) != tuple(shape):
+            what = f" (one value per sensor: {N_SENSORS})" if shape == (N_SENSORS,) else ""
+            raise DataError(
+                f"{path!r}: branch {b!r} holds shape {tuple(got)} per event; "
+                f"expected {tuple(shape)}{what}"
+            )
+
+
+def read_arrays(t, branches: Sequence[str], start: int, stop: int, executor=None) -> dict:
+    """Branches of entries [start, stop) as NumPy arrays; read errors name file and range."""
+    try:
+        return t.arrays(
+            list(branches),
+            entry_start=start,
+            entry_stop=stop,
+            library="np",
+            decompression_executor=executor,
+            interpretation_executor=executor,
+        )
+    except Exception as e:
+        raise DataError(
+            f"{t.file.file_path!r}: cannot read entries [{start}, {stop}) of {list(branches)} "
+            f"(truncated or corrupt file? {type(e).__name__}: {e})"
+        ) from e
+
+
+# ----------------------------------------------------------------------------------------------
+# Train / validation split
+# ----------------------------------------------------------------------------------------------
+@dataclasses.dataclass(frozen=True)
+class Source:
+    """Events [start, stop) of one ROOT file."""
+
+    path: str
+    start: int
+    stop: int
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.start <= self.stop:
+            raise ValueError(f"Source {self.path!r}: need 0 <= start <= stop, got {self}")
+
+    @property
+    def n_events(self) -> int:
+        return self.stop - self.start
+
+
+@dataclasses.dataclass
+class Split:
+    """Training and validation sources; record `to_dict()` with every run."""
+
+    train: list[Source]
+    val: list[Source]
+
+    def to_dict(self) -> dict[str, list[dict[str, Any]]]:
+        return {k: [dataclasses.asdict(s) for s in getattr(self, k)] for k in ("train", "val")}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Split:
+        return cls(*([Source(**s) for s in d[k]] for k in ("train", "val")))
+
+
+def _whole(files: Sequence[str], tree: str) -> list[Source]:
+    return [Source(f, 0, num_entries(f, tree)) for f in files]
+
+
+def make_split(
+    files: str | os.PathLike | Sequence[str | os.PathLike],
+    val_fraction: float = 0.2,
+    seed: int = 0,
+    train=None,
+    val=None,
+    tree: str = "tree",
+) -> Split:
+    """Split into disjoint train/val sources.
+
+    >= 2 files: whole files, val = round(val_fraction * n) (at least 1) chosen with `seed`.
+    1 file: by event range, the last val_fraction of its events for validation.
+    `train` / `val` (file specs, see discover_files) override: both given -> used as they are;
+    one given -> the other is the remaining files. Overlap is an error.
+    """
+    if train is not None or val is not None:
+        all_files = discover_files(files) if files else []
+        if train is not None:
+            tr = discover_files(train)
+        else:
+            tr = [f for f in all_files if f not in set(discover_files(val))]
+        va = discover_files(val) if val is not None else [f for f in all_files if f not in set(tr)]
+        both = sorted(set(map(os.path.realpath, tr)) & set(map(os.path.realpath, va)))
+        if both:
+            raise ValueError(f"files in both train and val: {both}")
+        if not tr or not va:
+            raise ValueError(f"explicit split leaves {'train' if not tr else 'val'} empty")
+        return Split(_whole(tr, tree), _whole(va, tree))
+    if not 0.0 < val_fraction < 1.0:
+        raise ValueError(f"val_fraction must be in (0, 1), got {val_fraction}")
+    files = discover_files(files)
+    if len(files) >= 2:
+        n_val = min(len(files) - 1, max(1, round(val_fraction * len(files))))
+        perm = np.random.default_rng(seed).permutation(len(files))
+        va = sorted(files[i] for i in perm[:n_val])
+        return Split(_whole([f for f in files if f not in set(va)], tree), _whole(va, tree))
+    n = num_entries(files[0], tree)
+    if n < 2:
+        raise DataError(f"{files[0]!r}: {n} events, cannot split one file into train and val")
+    cut = n - min(n - 1, max(1, round(val_fraction * n)))
+    return Split([Source(files[0], 0, cut)], [Source(files[0], cut, n)])
+
+
+# ----------------------------------------------------------------------------------------------
+# Sample reweighting
+# ----------------------------------------------------------------------------------------------
+_MODES = {"theta": (0,), "phi": (1,), "theta_phi": (0, 1)}
+
+
+class Reweighter:
+    """Per-event weights flattening the theta, phi or (theta, phi) distribution.
+
+    weight = k / count(bin of the event), k = events / non-empty bins, so the mean weight over
+    the fitted sample is 1 and its weighted histogram is flat.
+    """
+
+    def __init__(self, mode: str, edges: Sequence[np.ndarray], table: np.ndarray):
+        if mode not in _MODES:
+            raise ValueError(f"unknown reweighting mode {mode!r}: expected one of {list(_MODES)}")
+        self.mode = mode
+        self.edges = [np.asarray(e, np.float64) for e in edges]
+        self.table = np.asarray(table, np.float32)
+
+    @classmethod
+    def fit(
+        cls,
+        sources: Sequence[Source],
+        mode: str,
+        bins: int = 50,
+        cache_dir=None,
+        tree: str = "tree",
+    ) -> Reweighter:
+        """Histogram emiAng of `sources` (one pass over a small branch); cached in cache_dir."""
+        if mode not in _MODES:
+            raise ValueError(f"unknown reweighting mode {mode!r}: expected one of {list(_MODES)}")
+        ident = [mode, bins, tree] + [
+            [s.path, s.start, s.stop, os.stat(s.path).st_size, os.stat(s.path).st_mtime_ns]
+            for s in sources
+        ]
+        key = hashlib.sha256(json.dumps(ident).encode()).hexdigest()[:16]
+        cache = Path(cache_dir) / f"reweight_{mode}_{key}.json" if cache_dir else None
+        if cache is not None and cache.is_file():
+            return cls.from_dict(json.loads(cache.read_text()))
+        angles = [a for s in sources for a in _read_small(s, {"emiAng": (2,)}, tree)]
+        ang = np.concatenate([a["emiAng"] for a in angles]) if angles else np.zeros((0, 2))
+        ang = ang[np.isfinite(ang).all(axis=1)][:, list(_MODES[mode])].astype(np.float64)
+        if len(ang) == 0:
+            raise DataError(f"no events with finite emiAng to fit reweighting in {sources}")
+        edges = [np.linspace(c.min(), c.max(), bins + 1) for c in ang.T]
+        counts = np.histogramdd(ang, bins=edges)[0]
+        k = counts.sum() / np.count_nonzero(counts)
+        rw = cls(mode, edges, np.where(counts > 0, k / np.maximum(counts, 1), 0.0))
+        if cache is not None:
+            cache.parent.mkdir(parents=True, exist_ok=True)
+            tmp = cache.with_suffix(f".tmp{os.getpid()}")
+            tmp.write_text(json.dumps(rw.to_dict()))
+            os.replace(tmp, cache)
+        return rw
+
+    def __call__(self, angles: np.ndarray) -> np.ndarray:
+        """angles [N, 2] (theta, phi) degrees -> weights [N] float32 (edge bins extend out)."""
+        angles = np.asarray(angles)
+        idx = tuple(
+            np.clip(np.searchsorted(e, angles[:, a], side="right") - 1, 0, len(e) - 2)
+            for a, e in zip(_MODES[self.mode], self.edges, strict=True)
+        )
+        return self.table[idx]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "mode": self.mode,
+            "edges": [e.tolist() for e in self.edges],
+            "table": self.table.tolist(),
+        }
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> Reweighter:
+        return cls(d["mode"], d["edges"], np.asarray(d["table"]))
+
+
+def _read_small(src: Source, shapes: dict[str, tuple], tree: str) -> Iterator[dict]:
+    """Small per-event branches of a source, in steps of _STEP events (checked first)."""
+    t = open_tree(src.path, tree)
+    if t is None:
+        return
+    try:
+        check_branches(src.path, t, shapes)
+        if src.stop > t.num_entries:
+            raise DataError(f"{src}: the file has only {t.num_entries} events")
+        for a in range(src.start, src.stop, _STEP):
+            yield read_arrays(t, list(shapes), a, min(a + _STEP, src.stop))
+    finally:
+        t.file.close()
+
+
+# ----------------------------------------------------------------------------------------------
+# Streaming loader
+# ----------------------------------------------------------------------------------------------
+@dataclasses.dataclass(frozen=True)
+class _Chunk:
+    part: int  # index of the source
+    start: int  # entries [start, stop) of the file
+    stop: int
+    rows: np.ndarray | None  # used entries relative to start; None: all
+
+    @property
+    def n(self) -> int:
+        return self.stop - self.start if self.rows is None else len(self.rows)
+
+
+def _chunk_bounds(start: int, stop: int, size: int, baskets: Sequence[int]) -> list[int]:
+    """Boundaries every ~size entries of [start, stop), moved onto a basket boundary within
+    size/2 (a boundary inside a basket makes both neighbouring chunks decompress it)."""
+    baskets = np.asarray(baskets, np.int64)
+    out = [start]
+    while out[-1] < stop:
+        nxt = out[-1] + size
+        near = baskets[(baskets > out[-1]) & (np.abs(baskets - nxt) <= size // 2)]
+        if len(near):
+            nxt = int(near[np.argmin(np.abs(near - nxt))])
+        out.append(min(nxt, stop))
+    return out
+
+
+def _shuffle_buffer_order(sizes: np.ndarray, capacity: int, rng) -> tuple[np.ndarray, np.ndarray]:
+    """Simulate a shuffle buffer on stream positions.
+
+    Chunks of `sizes` events enter in turn; once more than `capacity` events are held, a random
+    excess leaves in random order. Returns (order [N]: positions in emission order,
+    emitted [len(sizes)]: events emitted after each chunk; the rest leave in a final flush).
+    """
+    buf, out, emitted, pos = np.zeros(0, np.int64), [], [], 0
+    for m in sizes:
+        pool = np.concatenate([buf, np.arange(pos, pos + m)])
+        pos += m
+        excess = len(pool) - capacity
+        if excess > 0:
+            p = rng.permutation(len(pool))
+            out.append(pool[p[:excess]])
+            buf = pool[p[excess:]]
+        else:
+            buf = pool
+        emitted.append(pos - len(buf))
+    out.append(rng.permutation(buf))
+    return np.concatenate(out), np.asarray(emitted, np.int64)
+
+
+class _Trees:
+    """Open trees per (reader thread, path), a few per thread, all closed at the epoch's end."""
+
+    def __init__(self, tree: str, per_thread: int = 8):
+        self.tree, self.per_thread = tree, per_thread
+        self._open: dict[tuple[int, str], Any] = {}
+        self._lock = threading.Lock()
+
+    def get(self, path: str):
+        key = (threading.get_ident(), path)
+        with self._lock:
+            t = self._open.get(key)
+        if t is None:
+            t = open_tree(path, self.tree)
+            with self._lock:
+                mine = [k for k in self._open if k[0] == key[0]]
+                if len(mine) >= self.per_thread:
+                    self._open.pop(mine[0]).file.close()
+                self._open[key] = t
+        return t
+
+    def close(self) -> None:
+        with self._lock:
+            for t in self._open.values():
+                t.file.close()
+            self._open.clear()
+
+
+_END = object()
+
+
+class Loader:
+    """Batches of normalised events from `sources`, shuffled per epoch, prefetched.
+
+    A batch is a dict of NumPy arrays (B = batch_size): "x" float32 [B, 4760, 2] (Normaliser
+    output); with truth=True "angles" float32 [B, 2] (theta, phi in degrees, from emiAng),
+    "emiVec" [B, 3], "xyzVTX" [B, 3] cm, "xyzTruth" [B, 3] cm, "energy" [B] GeV (energyTruth);
+    always "run", "event" int32 [B], "weight" float32 [B] (1 unless reweighting, 0 on padding),
+    "valid" bool [B]; plus `extra_branches` (e.g. reconstructed quantities of real data) under
+    their own names. With drop_remainder=False the last batch is padded to B rows (valid False,
+    x = sentinels) so shapes never change. Events with non-finite truth and, with fiducial=True,
+    events outside the fiducial volume (uvwTruth) are removed when the Loader is built; epochs
+    and `num_batches` count the remaining events.
+    """
+
+    def __init__(
+        self,
+        sources: Sequence[Source],
+        normaliser: Normaliser,
+        batch_size: int,
+        *,
+        shuffle: bool = True,
+        seed: int = 0,
+        shuffle_buffer: int = 4096,
+        chunk_size: int = 1000,
+        drop_remainder: bool = True,
+        reweighter: Reweighter | None = None,
+        fiducial: bool = False,
+        channel_dropout: float = 0.0,
+        prefetch: int = 2,
+        workers: int = 2,
+        truth: bool = True,
+        extra_branches: Sequence[str] = (),
+        tree: str = "tree",
+    ):
+        for name, v, lo in (
+            ("batch_size", batch_size, 1),
+            ("chunk_size", chunk_size, 1),
+            ("shuffle_buffer", shuffle_buffer, 0),
+            ("prefetch", prefetch, 1),
+            ("workers", workers, 1),
+        ):
+            if int(v) < lo:
+                raise ValueError(f"Loader {name} must be >= {lo}, got {v}")
+        if not 0.0 <= channel_dropout < 1.0:
+            raise ValueError(f"channel_dropout must be in [0, 1), got {channel_dropout}")
+        if (fiducial or reweighter is not None) and not truth:
+            raise ValueError("fiducial cut and reweighting need the truth branches (truth=True)")
+        if not sources:
+            raise ValueError("Loader needs at least one Source")
+        self.normaliser, self.batch_size = normaliser, int(batch_size)
+        self.shuffle, self.seed, self.shuffle_buffer = shuffle, int(seed), int(shuffle_buffer)
+        self.chunk_size, self.drop_remainder = int(chunk_size), drop_remainder
+        self.reweighter, self.fiducial, self.channel_dropout = reweighter, fiducial, channel_dropout
+        self.prefetch, self.workers = int(prefetch), int(workers)
+        self.truth, self.tree = truth, tree
+        self._fields = {**IDS, **(TRUTH if truth else {}), **{b: (b, None) for b in extra_branches}}
+        self._sources = list(sources)
+        self._records: list[dict[str, Any]] = []
+        self._chunks: list[_Chunk] = []
+        for i, src in enumerate(self._sources):
+            self._add(i, src)
+        self._n = sum(c.n for c in self._chunks)
+        if self.num_batches() == 0:
+            warnings.warn(f"Loader: {self._n} events give no batch of {batch_size}", stacklevel=2)
+
+    def _add(self, i: int, src: Source) -> None:
+        rec = {**dataclasses.asdict(src), "events": src.n_events, "used": 0, "skipped": {}}
+        self._records.append(rec)
+        t = open_tree(src.path, self.tree)
+        if t is None or t.num_entries == 0 or src.n_events == 0:
+            warnings.warn(f"{src.path!r}: no events in {src}; skipped", stacklevel=3)
+            rec["skipped"]["empty"] = src.n_events
+            if t is not None:
+                t.file.close()
+            return
+        try:
+            shapes = {b: (N_SENSORS,) for b in self.normaliser.branches}
+            shapes.update(self._fields.values())
+            check_branches(src.path, t, shapes)
+            if src.stop > t.num_entries:
+                raise DataError(f"{src}: the file has only {t.num_entries} events")
+            baskets = t[self.normaliser.npho_branch].entry_offsets
+        finally:
+            t.file.close()
+        keep = self._keep(src, rec) if self.truth else None
+        rec["used"] = src.n_events - sum(rec["skipped"].values())
+        bounds = _chunk_bounds(src.start, src.stop, self.chunk_size, baskets)
+        for a, b in zip(bounds[:-1], bounds[1:], strict=False):
+            rows = None
+            if keep is not None:
+                rows = keep[np.searchsorted(keep, a) : np.searchsorted(keep, b)] - a
+                if len(rows) == 0:
+                    continue
+            self._chunks.append(_Chunk(i, a, b, rows))
+
+    def _keep(self, src: Source, rec: dict) -> np.ndarray | None:
+        """Entries of src with finite truth (and inside the fiducial volume); None: all."""
+        shapes = {b: s for b, s in TRUTH.values()} | ({"uvwTruth": (3,)} if self.fiducial else {})
+        masks = []
+        for arrs in _read_small(src, shapes, self.tree):
+            n = len(arrs["emiAng"])
+            finite = np.ones(n, bool)
+            for v in arrs.values():
+                finite &= np.isfinite(v.reshape(n, -1)).all(axis=1)
+            fid = in_fiducial(arrs["uvwTruth"]) | ~finite if self.fiducial else np.ones(n, bool)
+            for reason, bad in (("nonfinite_truth", ~finite), ("outside_fiducial", ~fid)):
+                if bad.any():
+                    rec["skipped"][reason] = rec["skipped"].get(reason, 0) + int(bad.sum())
+            masks.append(finite & fid)
+        mask = np.concatenate(masks)
+        return None if mask.all() else src.start + np.flatnonzero(mask)
+
+    # ------------------------------------------------------------------------------------------
+    def num_batches(self) -> int:
+        """Batches per epoch (exact: the event cuts are applied when the Loader is built)."""
+        return self._n // self.batch_size if self.drop_remainder else -(-self._n // self.batch_size)
+
+    @property
+    def summary(self) -> dict[str, Any]:
+        """Per file: events, used, skipped by reason; totals; what an epoch delivers."""
+        skipped: dict[str, int] = collections.Counter()
+        for r in self._records:
+            skipped.update(r["skipped"])
+        nb, b = self.num_batches(), self.batch_size
+        return {
+            "files": [dict(r, skipped=dict(r["skipped"])) for r in self._records],
+            "events": sum(r["events"] for r in self._records),
+            "used": self._n,
+            "skipped": dict(skipped),
+            "batches_per_epoch": nb,
+            "dropped_per_epoch": self._n - nb * b if self.drop_remainder else 0,
+            "padding_per_epoch": 0 if self.drop_remainder else nb * b - self._n,
+        }
+
+    def _plan(self, epoch: int):
+        """(order [N] stream positions in delivery order, offsets [S+1] of the chunk steps,
+        chunk index per step [S], step after which each batch is complete [num_batches])."""
+        rng = np.random.default_rng([self.seed, int(epoch)])
+        perm = rng.permutation(len(self._chunks)) if self.shuffle else np.arange(len(self._chunks))
+        sizes = np.array([self._chunks[i].n for i in perm], np.int64)
+        offsets = np.concatenate([[0], np.cumsum(sizes)])
+        if self.shuffle:
+            order, emitted = _shuffle_buffer_order(sizes, self.shuffle_buffer, rng)
+        else:
+            order, emitted = np.arange(self._n), offsets[1:]
+        ends = np.minimum(np.arange(1, self.num_batches() + 1) * self.batch_size, self._n)
+        return order, offsets, perm, np.searchsorted(emitted, ends, side="left")
+
+    def epoch(self, epoch: int, skip_batches: int = 0) -> Iterator[dict[str, np.ndarray]]:
+        """The batches of one epoch, from batch `skip_batches` on (exact resume)."""
+        if not 0 <= skip_batches <= self.num_batches():
+            raise ValueError(f"skip_batches {skip_batches} not in [0, {self.num_batches()}]")
+        q: queue.Queue = queue.Queue(self.prefetch)
+        stop = threading.Event()
+        th = threading.Thread(
+            target=self._produce,
+            args=(epoch, skip_batches, q, stop),
+            name=f"xecjax-loader-{epoch}",
+            daemon=True,
+        )
+        th.start()
+        try:
+            while (item := q.get()) is not _END:
+                if isinstance(item, BaseException):
+                    raise item
+                yield item
+        finally:
+            stop.set()
+            while th.is_alive():  # unblock a producer waiting on a full queue
+                try:
+                    q.get(timeout=0.05)
+                except queue.Empty:
+                    pass
+            th.join()
+
+    def _produce(self, epoch: int, skip: int, q: queue.Queue, stop: threading.Event) -> None:
+        def put(item) -> bool:
+            while not stop.is_set():
+                try:
+                    q.put(item, timeout=0.1)
+                    return True
+                except queue.Full:
+                    pass
+            return False
+
+        try:
+            self._run(epoch, skip, put, stop)
+            put(_END)
+        except BaseException as e:  # handed to the consumer, raised there
+            put(e)
+
+    def _run(self, epoch: int, skip: int, put, stop: threading.Event) -> None:
+        b, nb = self.batch_size, self.num_batches()
+        order, offsets, perm, ready = self._plan(epoch)
+        need = np.zeros(self._n, bool)
+        need[order[skip * b : min(nb * b, self._n)]] = True
+        tasks = collections.deque()  # (step, chunk, needed rows among the chunk's used events)
+        for s, ci in enumerate(perm):
+            rows = np.flatnonzero(need[offsets[s] : offsets[s + 1]])
+            if len(rows):
+                tasks.append((s, ci, rows))
+        cap = (self.shuffle_buffer if self.shuffle else 0) + b
+        cap += max((c.n for c in self._chunks), default=0)
+        slot_of = np.full(self._n, -1, np.int64)
+        free, top = np.arange(cap), cap  # stack of free pool slots
+        pool: dict[str, np.ndarray] = {}
+        trees = _Trees(self.tree)
+        with (
+            ThreadPoolExecutor(self.workers, "xecjax-read") as ex,
+            ThreadPoolExecutor(self.workers, "xecjax-unzip") as unzip,
+        ):
+            pending = collections.deque()
+
+            def submit() -> None:
+                if tasks:
+                    s, ci, rows = tasks.popleft()
+                    pending.append((s, rows, ex.submit(self._read, trees, unzip, epoch, ci, rows)))
+
+            def emit(j: int) -> bool:
+                nonlocal top
+                slots = slot_of[order[j * b : min((j + 1) * b, self._n)]]
+                batch = {k: v[slots] for k, v in pool.items()}
+                free[top : top + len(slots)] = slots
+                top += len(slots)
+                batch["valid"] = np.arange(b) < len(slots)
+                if len(slots) < b:
+                    batch = {k: self._pad(k, v, b) for k, v in batch.items()}
+                return put(batch)
+
+            try:
+                for _ in range(self.workers + 1):  # bounded read-ahead: memory stays fixed
+                    submit()
+                j = skip
+                for s in range(len(perm)):
+                    if pending and pending[0][0] == s:
+                        _, rows, fut = pending.popleft()
+                        submit()
+                        data = fut.result()
+                        if not pool:
+                            pool = {
+                                k: np.empty((cap, *v.shape[1:]), v.dtype) for k, v in data.items()
+                            }
+                        slots = free[top - len(rows) : top].copy()
+                        top -= len(rows)
+                        for k, v in data.items():
+                            pool[k][slots] = v
+                        slot_of[offsets[s] + rows] = slots
+                    while j < nb and ready[j] <= s:
+                        if not emit(j):
+                            return
+                        j += 1
+                    if stop.is_set():
+                        return
+                while j < nb:
+                    if not emit(j):
+                        return
+                    j += 1
+            finally:
+                for *_, fut in pending:
+                    fut.cancel()
+                ex.shutdown(wait=True)
+                trees.close()
+
+    def _pad(self, key: str, v: np.ndarray, b: int) -> np.ndarray:
+        pad = np.zeros((b - len(v), *v.shape[1:]), v.dtype)
+        if key == "x":
+            pad[..., 0], pad[..., 1] = self.normaliser.sentinel_npho, self.normaliser.sentinel_time
+        elif key == "valid":
+            return v
+        return np.concatenate([v, pad])
+
+    def _read(self, trees: _Trees, unzip, epoch: int, ci: int, rows: np.ndarray) -> dict:
+        """Read, select, normalise one chunk (reader thread): dict of arrays [len(rows), ...]."""
+        c = self._chunks[ci]
+        t = trees.get(self._sources[c.part].path)
+        big = list(self.normaliser.branches)
+        arrs = read_arrays(t, big + [br for br, _ in self._fields.values()], c.start, c.stop, unzip)
+        sel = rows if c.rows is None else c.rows[rows]
+        whole = len(sel) == c.stop - c.start  # then sel is arange: skip the copies
+
+        def take(a: np.ndarray) -> np.ndarray:
+            return a if whole else a[sel]
+
+        x = np.empty((len(sel), N_SENSORS, 2), np.float32)
+        self.normaliser.into(take(arrs[big[0]]), take(arrs[big[1]]), x)
+        if self.channel_dropout > 0:
+            # drawn for the whole chunk, so a resumed epoch drops the same channels
+            rng = np.random.default_rng([self.seed, int(epoch), int(ci), 1])
+            drop = take(
+                rng.random((c.stop - c.start, N_SENSORS), np.float32) < self.channel_dropout
+            )
+            x[..., 0][drop] = self.normaliser.sentinel_npho
+            x[..., 1][drop] = self.normaliser.sentinel_time
+        out = {"x": x}
+        for key, (br, _) in self._fields.items():
+            v = take(arrs[br])
+            out[key] = v.astype(
+                np.int32
+                if key in IDS
+                else np.float32
+                if key in TRUTH
+                else v.dtype.newbyteorder("=")
+            )
+        w = self.reweighter(out["angles"]) if self.reweighter is not None else None
+        out["weight"] = np.ones(len(sel), np.float32) if w is None else w
+        return out
