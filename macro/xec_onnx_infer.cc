@@ -1,0 +1,143 @@
+// xec_onnx_infer: run an xecjax ONNX model with the ONNX Runtime C++ API.
+//
+//   xec_onnx_infer MODEL.onnx INPUT [--threads N] [--batch B]
+//
+// INPUT holds N events of 4760 x 2 float32 values, event-major then sensor then channel
+// (the layout of the ONNX input `input` [batch_size, 4760, 2]):
+//   *.bin / *.raw   little-endian float32, no header (numpy: x.astype("<f4").tofile(path))
+//   anything else   text, whitespace-separated numbers (numpy: np.savetxt(path, x.reshape(N, -1)))
+// What the values must be (normalised features, or raw npho and relative_time) is stated in the
+// model metadata `input_kind`; this program prints it. It runs the events in batches of B
+// (default: all at once) and prints one line per event: "<index> <theta_deg> <phi_deg>".
+// This is the pattern the MEG II analyzer follows; see macro/README.md for the build.
+
+#include <onnxruntime_cxx_api.h>
+
+#include <algorithm>
+#include <cstdint>
+#include <cstdio>
+#include <fstream>
+#include <iostream>
+#include <sstream>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+namespace {
+
+constexpr int64_t kSensors = 4760;
+constexpr int64_t kChannels = 2;
+constexpr int64_t kPerEvent = kSensors * kChannels;
+
+bool EndsWith(const std::string &s, const std::string &suffix)
+{
+   return s.size() >= suffix.size() && s.compare(s.size() - suffix.size(), suffix.size(), suffix) == 0;
+}
+
+std::vector<float> ReadEvents(const std::string &path)
+{
+   std::vector<float> values;
+   if (EndsWith(path, ".bin") || EndsWith(path, ".raw")) {
+      std::ifstream in(path, std::ios::binary | std::ios::ate);
+      if (!in) throw std::runtime_error("cannot open input file " + path);
+      const std::streamsize bytes = in.tellg();
+      if (bytes % static_cast<std::streamsize>(sizeof(float)) != 0)
+         throw std::runtime_error(path + ": size is not a multiple of 4 bytes (float32)");
+      values.resize(bytes / sizeof(float));
+      in.seekg(0);
+      in.read(reinterpret_cast<char *>(values.data()), bytes);
+   } else {
+      std::ifstream in(path);
+      if (!in) throw std::runtime_error("cannot open input file " + path);
+      float v;
+      while (in >> v) values.push_back(v);
+      if (!in.eof()) throw std::runtime_error(path + ": not a list of numbers");
+   }
+   if (values.empty() || values.size() % kPerEvent != 0) {
+      std::ostringstream msg;
+      msg << path << ": " << values.size() << " values, expected a positive multiple of "
+          << kPerEvent << " (events x 4760 sensors x 2 channels)";
+      throw std::runtime_error(msg.str());
+   }
+   return values;
+}
+
+// The contract of DESIGN.md section 9: input `input` [batch, 4760, 2], output `output` [batch, 2].
+void CheckModel(Ort::Session &session)
+{
+   Ort::AllocatorWithDefaultOptions alloc;
+   if (session.GetInputCount() != 1 || session.GetOutputCount() != 1)
+      throw std::runtime_error("model must have exactly one input and one output");
+   const std::string in = session.GetInputNameAllocated(0, alloc).get();
+   const std::string out = session.GetOutputNameAllocated(0, alloc).get();
+   if (in != "input" || out != "output")
+      throw std::runtime_error("model input/output are '" + in + "'/'" + out +
+                               "', expected 'input'/'output'");
+   const auto shape = session.GetInputTypeInfo(0).GetTensorTypeAndShapeInfo().GetShape();
+   if (shape.size() != 3 || shape[1] != kSensors || shape[2] != kChannels)
+      throw std::runtime_error("model input is not (batch_size, 4760, 2)");
+}
+
+void PrintMetadata(Ort::Session &session)
+{
+   Ort::AllocatorWithDefaultOptions alloc;
+   Ort::ModelMetadata meta = session.GetModelMetadata();
+   for (const char *key : {"input_kind", "run_id", "xecjax_version", "git_commit"}) {
+      auto value = meta.LookupCustomMetadataMapAllocated(key, alloc);
+      std::cerr << key << ": " << (value ? value.get() : "(not set)") << "\n";
+   }
+}
+
+}  // namespace
+
+int main(int argc, char **argv)
+{
+   if (argc < 3) {
+      std::cerr << "usage: " << argv[0] << " MODEL.onnx INPUT [--threads N] [--batch B]\n";
+      return 2;
+   }
+   const std::string modelPath = argv[1], inputPath = argv[2];
+   int threads = 1;
+   int64_t batch = 0;
+   for (int i = 3; i + 1 < argc; i += 2) {
+      const std::string opt = argv[i];
+      if (opt == "--threads") threads = std::stoi(argv[i + 1]);
+      else if (opt == "--batch") batch = std::stoll(argv[i + 1]);
+      else {
+         std::cerr << "unknown option " << opt << "\n";
+         return 2;
+      }
+   }
+   try {
+      Ort::Env env(ORT_LOGGING_LEVEL_WARNING, "xec_onnx_infer");
+      Ort::SessionOptions options;
+      options.SetIntraOpNumThreads(threads);
+      options.SetGraphOptimizationLevel(GraphOptimizationLevel::ORT_ENABLE_ALL);
+      Ort::Session session(env, modelPath.c_str(), options);
+      CheckModel(session);
+      PrintMetadata(session);
+
+      std::vector<float> events = ReadEvents(inputPath);
+      const int64_t n = static_cast<int64_t>(events.size()) / kPerEvent;
+      if (batch <= 0) batch = n;
+      const char *inputNames[] = {"input"};
+      const char *outputNames[] = {"output"};
+      Ort::MemoryInfo memory = Ort::MemoryInfo::CreateCpu(OrtArenaAllocator, OrtMemTypeDefault);
+      std::printf("# index theta_deg phi_deg\n");
+      for (int64_t start = 0; start < n; start += batch) {
+         const int64_t b = std::min(batch, n - start);
+         const int64_t shape[] = {b, kSensors, kChannels};
+         Ort::Value input = Ort::Value::CreateTensor<float>(
+            memory, events.data() + start * kPerEvent, b * kPerEvent, shape, 3);
+         auto outputs = session.Run(Ort::RunOptions{nullptr}, inputNames, &input, 1, outputNames, 1);
+         const float *angles = outputs[0].GetTensorData<float>();
+         for (int64_t k = 0; k < b; ++k)
+            std::printf("%lld %.6f %.6f\n", static_cast<long long>(start + k), angles[2 * k],
+                        angles[2 * k + 1]);
+      }
+   } catch (const std::exception &e) {  // Ort::Exception derives from std::exception
+      std::cerr << "xec_onnx_infer: " << e.what() << "\n";
+      return 1;
+   }
+   return 0;
+}

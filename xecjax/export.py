@@ -1,0 +1,358 @@
+"""ONNX export of a trained model (jax2onnx) with an onnxruntime parity check.
+
+  python tools/export_onnx.py runs/first --output onnx/first.onnx [--which best|last] [--no-ema]
+
+The exported graph follows the contract of DESIGN.md section 9: one input `input` float32
+[batch_size, 4760, 2] (dynamic batch), one output `output` float32 [batch_size, 2] = (theta, phi)
+in degrees (an uncertainty model's log-sigma columns are dropped). By default the input is the
+normalised features of DESIGN.md section 5; with `raw_input=True` the Normaliser is part of the
+graph and the input holds the raw per-sensor branches (channel 0: the Normaliser's npho branch,
+channel 1: its time branch, in seconds), so a C++ user need not re-implement it.
+
+Architecture, weights and Normaliser come from the checkpoint (`checkpoint.load_for_inference`),
+never from flags. The file is self-contained (weights as initializers) and carries metadata_props:
+  normaliser      Normaliser.to_dict() as JSON
+  model_config    the model section of the training config as JSON
+  input_kind      "normalised" or "raw"
+  xecjax_version, git_commit, run_id (MLflow run id, or the workdir name), checkpoint
+                  ("best@<step>/ema"), opset
+Every export is followed by a parity check (onnxruntime CPU vs the jitted JAX function on toy
+events and random inputs at batch 1, 7 and 256); the file is written (atomically) only if the
+largest |difference| is at most `tolerance` degrees.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import logging
+import os
+import subprocess
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import onnx
+
+import xecjax
+from xecjax.geometry import N_SENSORS
+from xecjax.normalise import Normaliser
+
+DEFAULT_OPSET = 18  # the lowest that passes the ONNX checker for these graphs (17 does not)
+PARITY_TOLERANCE_DEG = 1e-3
+PARITY_BATCHES = (1, 7, 256)
+INPUT_NAME, OUTPUT_NAME = "input", "output"
+INPUT_KINDS = ("normalised", "raw")
+
+
+class ExportError(RuntimeError):
+    """The model could not be exported, or the exported graph disagrees with JAX."""
+
+
+# ----------------------------------------------------------------------------------------------
+# The function that is exported
+# ----------------------------------------------------------------------------------------------
+def angles_function(
+    apply_fn: Callable[..., jax.Array], params: Any, normaliser: Normaliser | None = None
+) -> Callable[[jax.Array], jax.Array]:
+    """Pure x [B, 4760, 2] -> (theta, phi) [B, 2] degrees, closing over the parameters.
+
+    With a normaliser, x holds the raw (npho, time) branches and is normalised inside (the
+    Normaliser's jax path, so the graph and the training pipeline share one definition).
+    """
+
+    def fn(x: jax.Array) -> jax.Array:
+        if normaliser is not None:
+            x = normaliser(x[..., 0], x[..., 1])
+        return apply_fn(params, x, train=False)[..., :2]
+
+    return fn
+
+
+def git_commit() -> str:
+    """Commit of the xecjax source tree ('-dirty' with uncommitted changes); '' if unknown."""
+    src = Path(xecjax.__file__).resolve().parent
+    try:
+        run = lambda *a: subprocess.run(  # noqa: E731
+            ["git", *a], cwd=src, capture_output=True, text=True, timeout=10
+        )
+        head = run("rev-parse", "HEAD")
+        if head.returncode != 0:
+            return ""
+        dirty = run("diff", "--quiet", "HEAD", "--").returncode == 1
+        return head.stdout.strip() + ("-dirty" if dirty else "")
+    except (OSError, subprocess.SubprocessError):
+        return ""
+
+
+def build_metadata(
+    normaliser: Normaliser,
+    model_cfg: Mapping[str, Any],
+    *,
+    raw_input: bool,
+    opset: int,
+    run_id: str = "",
+    checkpoint: str = "",
+) -> dict[str, str]:
+    """The metadata_props of an exported model (all values strings)."""
+    cfg = model_cfg.to_dict() if hasattr(model_cfg, "to_dict") else dict(model_cfg)
+    return {
+        "normaliser": json.dumps(normaliser.to_dict(), sort_keys=True),
+        "model_config": json.dumps(cfg, sort_keys=True, default=str),
+        "input_kind": INPUT_KINDS[int(raw_input)],
+        "xecjax_version": xecjax.__version__,
+        "git_commit": git_commit(),
+        "run_id": str(run_id),
+        "checkpoint": checkpoint,
+        "opset": str(opset),
+    }
+
+
+@contextlib.contextmanager
+def _linear_time_output_check():
+    """Make jax2onnx's per-equation output check O(1) for the common case.
+
+    jax2onnx 0.17 verifies after each equation that its outputs are produced by a node of the
+    graph by scanning every node built so far: quadratic in the graph size (~90 CPU s for the
+    smoke model, minutes for the reference one). A value whose producer node belongs to the
+    builder's graph is connected by definition; anything else goes to the original check, so
+    the answer is unchanged. The ONNX checker and the parity check guard the result anyway.
+    """
+    try:
+        from jax2onnx.converter import output_binding as ob
+    except ImportError:  # another jax2onnx layout: nothing to speed up
+        yield
+        return
+    original = getattr(ob, "_value_is_graph_connected", None)
+    if original is None:
+        yield
+        return
+
+    def connected(ctx, value) -> bool:
+        producer = value.producer() if hasattr(value, "producer") else None
+        if producer is not None and getattr(producer, "graph", None) is ctx.builder.nodes:
+            return True
+        return original(ctx, value)
+
+    ob._value_is_graph_connected = connected
+    try:
+        yield
+    finally:
+        ob._value_is_graph_connected = original
+
+
+def to_onnx_model(
+    fn: Callable[[jax.Array], jax.Array], metadata: Mapping[str, str], opset: int = DEFAULT_OPSET
+) -> onnx.ModelProto:
+    """jax2onnx conversion of fn with a symbolic batch; metadata set; ONNX checker passed."""
+    from jax2onnx import to_onnx
+
+    if int(opset) < DEFAULT_OPSET:
+        raise ValueError(f"opset {opset}: expected >= {DEFAULT_OPSET} (17 fails the ONNX checker)")
+    # onnx_ir warns about shape-only helper values it leaves untyped in value_info; they do not
+    # change the graph (the parity check is the judge), so keep the export output readable
+    serde = logging.getLogger("onnx_ir.serde")
+    level = serde.level
+    serde.setLevel(logging.ERROR)
+    try:
+        with _linear_time_output_check():
+            model = to_onnx(
+                fn,
+                inputs=[("batch_size", N_SENSORS, 2)],
+                model_name="xecjax",
+                opset=int(opset),
+                return_mode="proto",
+                input_names=[INPUT_NAME],
+                output_names=[OUTPUT_NAME],
+            )
+    except Exception as e:
+        raise ExportError(f"jax2onnx could not convert the model: {type(e).__name__}: {e}") from e
+    finally:
+        serde.setLevel(level)
+    onnx.helper.set_model_props(model, dict(metadata))
+    try:
+        onnx.checker.check_model(model)
+    except onnx.checker.ValidationError as e:
+        raise ExportError(f"the exported graph fails the ONNX checker (opset {opset}): {e}") from e
+    return model
+
+
+def save_model(model: onnx.ModelProto, output: str | os.PathLike) -> Path:
+    """Write one self-contained .onnx file atomically (temporary file + rename)."""
+    output = Path(output)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    tmp = output.with_name(f".{output.name}.tmp{os.getpid()}")
+    try:
+        onnx.save_model(model, tmp, save_as_external_data=False)
+        os.replace(tmp, output)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return output
+
+
+# ----------------------------------------------------------------------------------------------
+# Parity
+# ----------------------------------------------------------------------------------------------
+def parity_inputs(normaliser: Normaliser, raw_input: bool, n: int = 256, seed: int = 0):
+    """{"toy": x, "random": x}, float32 [n, 4760, 2] test inputs for the parity check.
+
+    Toy events come from the simulation (its npho / time branches, normalised unless raw_input);
+    random inputs cover the feature range including the -1 sentinels (raw: photons up to 5000
+    with 1e10 dead channels, times up to 100 ns).
+    """
+    from xecjax.simulate import simulate
+
+    sim = simulate(seed, n)
+    npho, time = (sim[b] for b in normaliser.branches)
+    toy = np.stack([npho, time], -1) if raw_input else normaliser(npho, time)
+    rng = np.random.default_rng(seed)
+    if raw_input:
+        rand = np.stack(
+            [rng.uniform(-10, 5000, (n, N_SENSORS)), rng.uniform(0, 1e-7, (n, N_SENSORS))], -1
+        )
+        rand[rng.random((n, N_SENSORS)) < 0.01] = 1e10
+    else:
+        rand = rng.normal(0.0, 1.0, (n, N_SENSORS, 2))
+        rand[rng.random((n, N_SENSORS, 2)) < 0.05] = -1.0
+    return {"toy": np.asarray(toy, np.float32), "random": rand.astype(np.float32)}
+
+
+def parity_check(
+    model: onnx.ModelProto | str | os.PathLike,
+    fn: Callable[[jax.Array], jax.Array],
+    inputs: Mapping[str, np.ndarray],
+    batches=PARITY_BATCHES,
+) -> dict[str, float]:
+    """Max |onnxruntime - JAX| (degrees) per input kind and batch size, {"toy[7]": diff, ...}.
+
+    onnxruntime runs each batch size (the dynamic batch is what is tested); JAX runs each input
+    once at its full size and is sliced, which saves a compilation per batch size.
+    """
+    import onnxruntime as ort
+
+    source = model.SerializeToString() if isinstance(model, onnx.ModelProto) else str(model)
+    session = ort.InferenceSession(source, providers=["CPUExecutionProvider"])
+    jitted = jax.jit(fn)
+    diffs = {}
+    for kind, x in inputs.items():
+        want = np.asarray(jitted(jnp.asarray(x)), np.float64)
+        for b in batches:
+            got = session.run([OUTPUT_NAME], {INPUT_NAME: x[:b]})[0]
+            if got.shape != want[:b].shape:
+                raise ExportError(
+                    f"parity {kind}[{b}]: onnxruntime shape {got.shape} != JAX {want[:b].shape}"
+                )
+            diffs[f"{kind}[{b}]"] = float(np.max(np.abs(got - want[:b])))
+    return diffs
+
+
+# ----------------------------------------------------------------------------------------------
+# Export entry points
+# ----------------------------------------------------------------------------------------------
+def export_model(
+    apply_fn: Callable[..., jax.Array],
+    params: Any,
+    normaliser: Normaliser,
+    model_cfg: Mapping[str, Any],
+    output: str | os.PathLike,
+    *,
+    opset: int | None = None,
+    raw_input: bool = False,
+    run_id: str = "",
+    checkpoint: str = "",
+    check: bool = True,
+    tolerance: float = PARITY_TOLERANCE_DEG,
+    batches=PARITY_BATCHES,
+    verbose: bool = True,
+) -> tuple[Path, dict[str, float]]:
+    """Export apply_fn(params, x) to `output` after a parity check; returns (path, max diffs).
+
+    Raises ExportError (and writes nothing) when the largest |difference| exceeds `tolerance`
+    degrees. check=False skips the parity check (benchmarks, test fixtures).
+    """
+    opset = DEFAULT_OPSET if opset is None else int(opset)
+    fn = angles_function(apply_fn, params, normaliser if raw_input else None)
+    meta = build_metadata(
+        normaliser, model_cfg, raw_input=raw_input, opset=opset, run_id=run_id,
+        checkpoint=checkpoint,
+    )  # fmt: skip
+    model = to_onnx_model(fn, meta, opset)
+    diffs: dict[str, float] = {}
+    if check:
+        inputs = parity_inputs(normaliser, raw_input, max(batches))
+        diffs = parity_check(model, fn, inputs, batches)
+        if verbose:
+            for name, d in diffs.items():
+                print(f"parity {name:>12s}: max |onnxruntime - jax| = {d:.3g} deg", flush=True)
+        bad = {n: d for n, d in diffs.items() if not d <= tolerance}  # NaN fails too
+        if bad:
+            worst = ", ".join(f"{n}: {d:.3g}" for n, d in bad.items())
+            raise ExportError(
+                f"parity check failed: max |onnxruntime - jax| above {tolerance:g} deg on "
+                f"{worst}; {os.fspath(output)!r} not written"
+            )
+    path = save_model(model, output)
+    if verbose:
+        mb = path.stat().st_size / 2**20
+        print(f"wrote {path} ({mb:.1f} MiB, opset {opset}, input {meta['input_kind']})", flush=True)
+    return path, diffs
+
+
+def export_run(
+    workdir: str | os.PathLike,
+    output: str | os.PathLike,
+    which: str = "best",
+    ema: bool = True,
+    opset: int | None = None,
+    raw_input: bool = False,
+    tolerance: float = PARITY_TOLERANCE_DEG,
+    verbose: bool = True,
+) -> Path:
+    """Export the `which` checkpoint (EMA weights by default) of a training run to `output`.
+
+    workdir: a training workdir or its checkpoints/<which> directory. Returns the written path;
+    raises FileNotFoundError without a checkpoint and ExportError when the parity check fails.
+    """
+    from xecjax.checkpoint import load_for_inference, read_meta
+
+    if opset is not None and int(opset) < DEFAULT_OPSET:  # fail before loading the weights
+        raise ValueError(f"opset {opset}: expected >= {DEFAULT_OPSET} (17 fails the ONNX checker)")
+    model_cfg, normaliser, params, apply_fn = load_for_inference(workdir, which=which, ema=ema)
+    step, meta = read_meta(workdir, which)
+    run_id = meta.get("mlflow_run_id") or Path(workdir).resolve().name
+    path, _ = export_model(
+        apply_fn, params, normaliser, model_cfg, output, opset=opset, raw_input=raw_input,
+        run_id=run_id, checkpoint=f"{which}@{step}/{'ema' if ema else 'params'}",
+        tolerance=tolerance, verbose=verbose,
+    )  # fmt: skip
+    return path
+
+
+# ----------------------------------------------------------------------------------------------
+# Reading exported files (infer_real, tests)
+# ----------------------------------------------------------------------------------------------
+def read_metadata(path: str | os.PathLike) -> dict[str, str]:
+    """metadata_props of an ONNX file, without loading the weights."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"ONNX file {str(path)!r} does not exist")
+    try:
+        model = onnx.load(path, load_external_data=False)
+    except Exception as e:
+        raise ValueError(f"{str(path)!r} is not an ONNX model ({type(e).__name__}: {e})") from e
+    if not model.graph.node:  # protobuf parses many byte strings as an empty message
+        raise ValueError(f"{str(path)!r} is not an ONNX model (no graph)")
+    return {p.key: p.value for p in model.metadata_props}
+
+
+def normaliser_of(metadata: Mapping[str, str], path: str = "") -> Normaliser:
+    """The Normaliser stored in an exported model's metadata."""
+    if "normaliser" not in metadata:
+        raise KeyError(
+            f"ONNX model {path!r} has no 'normaliser' metadata (not exported by xecjax?): pass "
+            "the normalisation explicitly"
+        )
+    return Normaliser.from_dict(json.loads(metadata["normaliser"]))
