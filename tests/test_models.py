@@ -1,0 +1,252 @@
+"""Models: shapes, the reference parameter count, layers against references, gradients,
+train/eval behaviour, constants outside the params, ONNX export parity."""
+
+from __future__ import annotations
+
+import functools
+import importlib.util
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import pytest
+from flax import nnx
+
+from xecjax import geometry
+from xecjax.models import build_model, count_params, make_apply
+from xecjax.models.layers import bilinear_matrix, depthwise_conv, resize_bilinear
+
+CONFIGS = Path(__file__).resolve().parent.parent / "configs"
+# XLA CPU compiles dominate these tests; LLVM -O0 halves them (results are the same math).
+FAST_COMPILE = {"xla_backend_optimization_level": 0, "xla_llvm_disable_expensive_passes": True}
+
+
+def model_config(family: str, variant: str, **overrides) -> ml_collections.ConfigDict:
+    spec = importlib.util.spec_from_file_location(f"cfg_{family}", CONFIGS / f"{family}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    cfg = module.get_model_config(variant)
+    cfg.update(overrides)
+    return cfg
+
+
+SMOKE = {
+    "regressor_finegrid": ("convnext", {}),
+    "regressor_split": ("convnext", {"outer_mode": "split"}),
+    "regressor_uncertainty": ("convnext", {"uncertainty": True}),
+    "graph": ("graph", {}),
+    "graph_mean_uncertainty": ("graph", {"pooling": "mean", "uncertainty": True}),
+}
+
+
+def fast_jit(fn, **kwargs):
+    return jax.jit(fn, compiler_options=FAST_COMPILE, **kwargs)
+
+
+def smoke_apply(name: str, **overrides):
+    """(config, params, apply_fn) of a smoke model, cached: compiles dominate test time."""
+    return _smoke_apply(name, tuple(sorted(overrides.items())))
+
+
+@functools.lru_cache(maxsize=16)
+def _smoke_apply(name: str, overrides: tuple):
+    family, base = SMOKE[name]
+    cfg = model_config(family, "smoke", **{**base, **dict(overrides)})
+    params, apply_fn = make_apply(build_model(cfg, rngs=nnx.Rngs(0)))
+    return cfg, params, apply_fn
+
+
+def sensor_input(batch: int, seed: int = 0) -> jax.Array:
+    """Plausible normalised input: npho feature >= 0 with a few sentinels, time around 0."""
+    rng = np.random.default_rng(seed)
+    x = np.stack(
+        [rng.exponential(0.3, (batch, 4760)), rng.normal(0.0, 0.5, (batch, 4760))], -1
+    ).astype(np.float32)
+    x[:, rng.choice(4760, 40, replace=False)] = -1.0
+    return jnp.asarray(x)
+
+
+@pytest.mark.parametrize("name", sorted(SMOKE))
+def test_output_shapes_batch_1_and_3(name):
+    # shapes by abstract evaluation (no compile); values are checked in the ONNX parity test
+    cfg, params, apply_fn = smoke_apply(name)
+    out_dim = 4 if cfg.uncertainty else 2
+    for batch in (1, 3):
+        y = jax.eval_shape(lambda p, x: apply_fn(p, x, False, None), params, sensor_input(batch))
+        assert y.shape == (batch, out_dim) and y.dtype == jnp.float32
+
+
+def test_reference_parameter_count_and_blocks():
+    cfg = model_config("convnext", "default")
+    model = nnx.eval_shape(lambda: build_model(cfg, rngs=nnx.Rngs(0)))
+    _, params, rest = nnx.split(model, nnx.Param, ...)
+    assert count_params(params) == 27_314_950
+    blocks = {name: count_params(params[name]) for name in params}
+    assert blocks == {
+        "backbone": 140_768,
+        "hex_encoder": 401_444,
+        "fusion": 25_192_448,
+        "head": 1_574_146,
+        "pos_embed": 6_144,
+    }
+    assert not jax.tree_util.tree_leaves(rest)  # nothing but parameters is state
+    # split mode: one more token (pos embedding and head input grow by 1024 rows)
+    cfg_split = model_config("convnext", "default", outer_mode="split")
+    model = nnx.eval_shape(lambda: build_model(cfg_split, rngs=nnx.Rngs(0)))
+    assert count_params(nnx.state(model, nnx.Param)) == 27_314_950 + 1024 + 1024 * 256
+
+
+def _numpy_bilinear(img: np.ndarray, out_h: int, out_w: int) -> np.ndarray:
+    """Per-pixel half-pixel bilinear (torch align_corners=False), img [H, W]."""
+    h, w = img.shape
+    out = np.zeros((out_h, out_w))
+    for oy in range(out_h):
+        sy = max((oy + 0.5) * h / out_h - 0.5, 0.0)
+        y0 = int(np.floor(sy))
+        y1, fy = min(y0 + 1, h - 1), sy - y0
+        for ox in range(out_w):
+            sx = max((ox + 0.5) * w / out_w - 0.5, 0.0)
+            x0 = int(np.floor(sx))
+            x1, fx = min(x0 + 1, w - 1), sx - x0
+            top = (1 - fx) * img[y0, x0] + fx * img[y0, x1]
+            bottom = (1 - fx) * img[y1, x0] + fx * img[y1, x1]
+            out[oy, ox] = (1 - fy) * top + fy * bottom
+    return out
+
+
+@pytest.mark.parametrize("src,dst", [((46, 21), (4, 4)), ((5, 7), (12, 9)), ((3, 3), (4, 4))])
+def test_resize_matches_numpy_half_pixel_bilinear(src, dst):
+    x = np.random.default_rng(1).normal(size=(2, *src, 3)).astype(np.float32)
+    y = np.asarray(resize_bilinear(jnp.asarray(x), dst))
+    assert y.shape == (2, *dst, 3)
+    for b in range(2):
+        for c in range(3):
+            np.testing.assert_allclose(
+                y[b, :, :, c], _numpy_bilinear(x[b, :, :, c], *dst), 1e-5, 1e-5
+            )
+    # 46 -> 4: src rows 5.25, 16.75, 28.25, 39.75 (no antialias: only 2 rows each)
+    assert np.count_nonzero(bilinear_matrix(46, 4)[0]) == 2
+    np.testing.assert_array_equal(bilinear_matrix(7, 7), np.eye(7, dtype=np.float32))
+
+
+def test_depthwise_conv_toeplitz_matches_xla_with_gradients():
+    kx, kw = jax.random.split(jax.random.key(3))
+    x = jax.random.normal(kx, (2, 11, 9, 5))
+    w = jax.random.normal(kw, (7, 7, 5))
+    ct = jnp.sin(jnp.arange(2 * 11 * 9 * 5, dtype=jnp.float32)).reshape(x.shape)
+
+    def loss(impl):
+        return lambda x, w: jnp.sum(depthwise_conv(x, w, impl) * ct)
+
+    np.testing.assert_allclose(
+        depthwise_conv(x, w, "toeplitz"), depthwise_conv(x, w, "xla"), rtol=1e-5, atol=1e-5
+    )
+    for g_s, g_x in zip(
+        jax.grad(loss("toeplitz"), (0, 1))(x, w), jax.grad(loss("xla"), (0, 1))(x, w), strict=True
+    ):
+        np.testing.assert_allclose(g_s, g_x, rtol=1e-4, atol=1e-4)
+
+
+@pytest.mark.parametrize("name", ["regressor_finegrid", "graph"])
+def test_gradients_finite_and_nonzero_for_every_parameter(name):
+    _, params, apply_fn = smoke_apply(name)
+    x, target = sensor_input(3), jnp.array([[90.0, 0.0], [80.0, 20.0], [100.0, -30.0]])
+
+    def loss(p):
+        return jnp.mean(jnp.square(apply_fn(p, x, True, jax.random.key(0)) - target))
+
+    grads = fast_jit(jax.grad(loss))(params)
+    for path, g in jax.tree_util.tree_leaves_with_path(grads):
+        where = jax.tree_util.keystr(path)
+        assert bool(jnp.all(jnp.isfinite(g))), where
+        assert float(jnp.max(jnp.abs(g))) > 0.0, where
+
+
+@pytest.mark.parametrize("name", ["regressor_finegrid", "graph"])
+def test_train_and_eval_differ_only_by_dropout_and_drop_path(name):
+    x, key = sensor_input(3), jax.random.key(7)
+    no_noise = dict(dropout=0.0, head_dropout=0.0, drop_path=0.0)
+    if name == "graph":
+        no_noise.pop("dropout")
+    _, params, apply_fn = smoke_apply(name, **no_noise)
+    apply_fn = fast_jit(apply_fn, static_argnums=2)
+    np.testing.assert_allclose(
+        apply_fn(params, x, True, key), apply_fn(params, x, False, None), rtol=1e-6, atol=1e-6
+    )
+    _, params, apply_fn = smoke_apply(name, head_dropout=0.5, drop_path=0.5)
+    apply_fn = fast_jit(apply_fn, static_argnums=2)
+    train1, train2 = apply_fn(params, x, True, key), apply_fn(params, x, True, key)
+    np.testing.assert_array_equal(train1, train2)  # the rng alone decides
+    assert not np.allclose(train1, apply_fn(params, x, False, None), atol=1e-4)
+    assert not np.allclose(train1, apply_fn(params, x, True, jax.random.key(8)), atol=1e-4)
+    with pytest.raises(ValueError, match="rng"):
+        apply_fn(params, x, True, None)
+
+
+@pytest.mark.parametrize("name", ["regressor_split", "graph"])
+def test_index_tables_are_constants_not_params(name):
+    family, base = SMOKE[name]
+    model = build_model(model_config(family, "smoke", **base), rngs=nnx.Rngs(0))
+    _, params, rest = nnx.split(model, nnx.Param, ...)
+    assert not jax.tree_util.tree_leaves(rest)
+    leaves = jax.tree_util.tree_leaves(params)
+    assert all(leaf.dtype == jnp.float32 for leaf in leaves)
+    # no parameter has the size of a sensor table (4760 ids, 73 hex nodes, a face map)
+    table_sizes = {
+        geometry.N_SENSORS,
+        geometry.N_HEX,
+        geometry.INNER_MAP.size,
+        geometry.OUTER_FINE_MAP.size,
+        geometry.HEX_NEIGHBORS.size,
+    }
+    assert not any(leaf.shape and leaf.shape[0] in table_sizes for leaf in leaves)
+
+
+def test_build_model_rejects_bad_options():
+    with pytest.raises(ValueError, match="model.name"):
+        build_model(ml_collections.ConfigDict({"name": "resnet"}), rngs=nnx.Rngs(0))
+    with pytest.raises(ValueError, match="outer_mode"):
+        build_model(model_config("convnext", "smoke", outer_mode="coarse"), rngs=nnx.Rngs(0))
+    with pytest.raises(ValueError, match="d_model"):
+        build_model(model_config("convnext", "smoke", d_model=48), rngs=nnx.Rngs(0))
+    _, params, apply_fn = smoke_apply("graph")
+    with pytest.raises(ValueError, match="4760"):
+        apply_fn(params, jnp.zeros((2, 4092, 2)), False, None)
+
+
+@pytest.mark.parametrize("name", ["regressor_finegrid", "graph"])
+def test_smoke_model_exports_to_onnx_and_matches(name, tmp_path):
+    jax2onnx = pytest.importorskip("jax2onnx")
+    onnx = pytest.importorskip("onnx")
+    ort = pytest.importorskip("onnxruntime")
+    _, params, apply_fn = smoke_apply(name)
+
+    def predict(x):  # pure, closing over the parameters
+        return apply_fn(params, x, False, None)
+
+    predict_jax = fast_jit(predict)
+
+    proto = jax2onnx.to_onnx(
+        predict,
+        [("batch_size", 4760, 2)],
+        opset=18,
+        input_names=["input"],
+        output_names=["output"],
+        return_mode="proto",
+    )
+    path = tmp_path / "model.onnx"
+    onnx.save(proto, path)
+    onnx.checker.check_model(str(path))
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    (inp,), (out,) = session.get_inputs(), session.get_outputs()
+    assert inp.name == "input" and inp.shape == ["batch_size", 4760, 2] and out.name == "output"
+    x7 = np.asarray(sensor_input(7, seed=7))
+    for x in (x7[:1], x7):
+        (y,) = session.run(["output"], {"input": x})
+        y_jax = np.asarray(predict_jax(jnp.asarray(x)))
+        assert y_jax.shape == (len(x), 2) and np.all(np.isfinite(y_jax))
+        np.testing.assert_allclose(y, y_jax, rtol=1e-4, atol=1e-4)
+    # events are independent: event 0 alone and inside a batch of 7 give the same answer
+    np.testing.assert_allclose(predict_jax(x7[:1]), predict_jax(x7)[:1], rtol=1e-5, atol=1e-5)

@@ -1,0 +1,109 @@
+"""Model throughput: forward (batch 256) and forward + backward + AdamW (batch 32).
+
+  python tools/bench.py model --config configs/convnext.py[:variant] [--quick]
+
+Reports params, infer_events_per_s, train_events_per_s, compile_s (both jits) and, as
+`events_per_s`, the training throughput. Inputs are random normalised sensor arrays: the cost
+of the model does not depend on the values.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import time
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import optax
+from flax import nnx
+
+from xecjax import geometry
+from xecjax.models import build_model, count_params, make_apply
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--config", default="configs/convnext.py", help="config file[:variant] with a model section"
+    )
+    parser.add_argument("--infer-batch", type=int, default=256)
+    parser.add_argument("--train-batch", type=int, default=32)
+
+
+def load_model_config(spec: str) -> ml_collections.ConfigDict:
+    """'configs/x.py:variant' -> the model section of get_config(variant)."""
+    path, _, variant = spec.partition(":")
+    file = Path(path)
+    if not file.is_file():
+        raise FileNotFoundError(f"--config: no config file {file}")
+    module_spec = importlib.util.spec_from_file_location(f"bench_cfg_{file.stem}", file)
+    module = importlib.util.module_from_spec(module_spec)
+    module_spec.loader.exec_module(module)
+    return module.get_config(variant or None).model
+
+
+def _time(fn, n: int) -> float:
+    """Seconds per call, average of n calls after the first (compiled) one."""
+    t0 = time.perf_counter()
+    for _ in range(n):
+        jax.block_until_ready(fn())
+    return (time.perf_counter() - t0) / n
+
+
+def run(args: argparse.Namespace) -> dict:
+    cfg = load_model_config(args.config)
+    model = build_model(cfg, rngs=nnx.Rngs(0))
+    params, apply_fn = make_apply(model)
+    tx = optax.adamw(1e-4, weight_decay=0.05)
+    opt_state = tx.init(params)
+    key = jax.random.key(0)
+    n_iter = 2 if args.quick else 5
+
+    @jax.jit
+    def infer(params, x):
+        return apply_fn(params, x, False, None)
+
+    @jax.jit
+    def train_step(params, opt_state, x, y, rng):
+        def loss_fn(p):
+            return jnp.mean(jnp.square(apply_fn(p, x, True, rng)[:, :2] - y))
+
+        loss, grads = jax.value_and_grad(loss_fn)(params)
+        updates, opt_state = tx.update(grads, opt_state, params)
+        return optax.apply_updates(params, updates), opt_state, loss
+
+    shape = (geometry.N_SENSORS, 2)
+    x_inf = jax.random.normal(key, (args.infer_batch, *shape), jnp.float32)
+    x_tr = jax.random.normal(key, (args.train_batch, *shape), jnp.float32)
+    y_tr = jnp.zeros((args.train_batch, 2), jnp.float32)
+
+    t0 = time.perf_counter()
+    jax.block_until_ready(infer(params, x_inf))
+    compile_infer = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    state = train_step(params, opt_state, x_tr, y_tr, key)
+    jax.block_until_ready(state)
+    compile_train = time.perf_counter() - t0
+
+    t_inf = _time(lambda: infer(params, x_inf), n_iter)
+
+    def step():
+        nonlocal state
+        state = train_step(state[0], state[1], x_tr, y_tr, key)
+        return state[2]
+
+    t_tr = _time(step, n_iter)
+    train_eps = args.train_batch / t_tr
+    return {
+        "config": args.config,
+        "params": count_params(params),
+        "infer_events_per_s": round(args.infer_batch / t_inf, 1),
+        "train_events_per_s": round(train_eps, 1),
+        "events_per_s": round(train_eps, 1),
+        "compile_s": round(compile_infer + compile_train, 1),
+        "compile_infer_s": round(compile_infer, 1),
+        "compile_train_s": round(compile_train, 1),
+        "backend": jax.default_backend(),
+    }

@@ -1,0 +1,59 @@
+"""Model families, looked up by name from the config (`model.name`).
+
+  model = build_model(config.model, rngs=nnx.Rngs(0))   # "regressor" | "graph"
+  params, apply_fn = make_apply(model)
+  y = apply_fn(params, x, False, None)                  # x [B, 4760, 2] -> [B, 2 | 4]
+
+Each family is a module xecjax.models.<name> with `build(cfg, *, rngs) -> nnx.Module`; the model
+config carries every architectural option, so build_model(cfg) rebuilds the exact network
+from a checkpoint or ONNX metadata alone.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable
+
+import jax
+import ml_collections
+from flax import nnx
+
+FAMILIES = ("regressor", "graph")
+
+ApplyFn = Callable[[nnx.State, jax.Array, bool, "jax.Array | None"], jax.Array]
+
+
+def build_model(model_cfg: ml_collections.ConfigDict, *, rngs: nnx.Rngs) -> nnx.Module:
+    """Instantiate the model family `model_cfg.name` with freshly initialised parameters.
+
+    The model is called as model(x [B, 4760, 2], *, train=False, rng=None) -> [B, out_dim],
+    out_dim = 2 (theta, phi in degrees) or 4 with model_cfg.uncertainty (+ log sigmas).
+    """
+    name = model_cfg.get("name")
+    if name not in FAMILIES:
+        raise ValueError(f"model.name must be one of {FAMILIES}, got {name!r}")
+    module = importlib.import_module(f"xecjax.models.{name}")
+    return module.build(model_cfg, rngs=rngs)
+
+
+def make_apply(model: nnx.Module) -> tuple[nnx.State, ApplyFn]:
+    """Split once into (params, apply_fn).
+
+    params: the nnx.Param state (a pytree of float32 arrays; optimiser, EMA and checkpoints
+    work on it). apply_fn(params, x, train, rng) -> [B, out_dim] is pure and jit-able with
+    `train` static; `rng` (a jax.random key, or None when train is False) drives dropout and
+    drop path. Index tables are NumPy constants closed over by the model code, not state.
+    """
+    graphdef, params, rest = nnx.split(model, nnx.Param, ...)
+
+    def apply_fn(
+        params: nnx.State, x: jax.Array, train: bool = False, rng: jax.Array | None = None
+    ) -> jax.Array:
+        return nnx.merge(graphdef, params, rest)(x, train=train, rng=rng)
+
+    return params, apply_fn
+
+
+def count_params(params) -> int:
+    """Total number of scalar parameters in a params pytree."""
+    return int(sum(leaf.size for leaf in jax.tree_util.tree_leaves(params)))
