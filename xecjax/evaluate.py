@@ -1,0 +1,491 @@
+"""Evaluation of a trained run on its validation events, next to the conventional baseline.
+
+  python -m xecjax.evaluate --workdir RUN [--data PATH] [--checkpoint best|last] [--no-ema]
+                            [--max-events N] [--out DIR] [--batch-size B] [--no-baseline]
+
+Loads the model, its Normaliser and the validation split from the run's checkpoint (never the
+training files), streams the events batch by batch and writes into <workdir>/evaluation_<which>
+(`_raw` appended without EMA):
+  summary.json, summary.md          metrics of the model and of the baselines, model, data,
+                                    checkpoint, throughput
+  resolution_profile.pdf            68 % widths of d_theta, d_phi and the 68 % opening angle vs
+                                    true theta and phi (20 bins), model and baselines
+  scatter.pdf                       predicted vs true angles, residual distributions
+  saliency_profile.pdf              mean |d theta / d input|, |d phi / d input| (jax.grad) per
+                                    face and channel (npho, time), and on the face images
+  saliency.npz                      mean_abs [2, 4760, 2] (output, sensor, channel), n_events;
+                                    grad [2, 4760, 2] and x [4760, 2] of one example event
+  worst_events.pdf                  the events with the largest opening angle, all faces
+  predictions_<run>.csv             true_theta, true_phi, pred_theta, pred_phi, run, event
+  validation_results_<run>.root     tree val_tree (DESIGN.md section 8)
+and logs them to the run's MLflow entry. Metrics: bias, RMS (standard deviation) and skewness of
+d_theta and of d_phi wrapped into [-180, 180), and the 50/68/90th percentiles of the opening
+angle (psi_68 = val_resolution_deg). The baselines (xecjax.baseline) are the point-source fit and
+the light centroid with the direction taken from the target centre (the information the model
+has) and the fit from the event's vertex (xyzVTX; on toy data the true vertex).
+
+Memory: batches (the [B, 4760, 2] inputs) are never accumulated; per event only a few floats of
+results are kept for the percentiles and profiles, and the N worst events' inputs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import csv
+import heapq
+import json
+import os
+import sys
+import time
+import warnings
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from xecjax import plots
+from xecjax.geometry import N_SENSORS
+from xecjax.metrics import angle_metrics, opening_angles, weighted_quantile
+from xecjax.rootio import TreeWriter
+
+PERCENTILES = (50, 68, 90)
+PROFILE_BINS = 20
+CSV_COLUMNS = ("true_theta", "true_phi", "pred_theta", "pred_phi", "run", "event")
+VAL_TREE_DTYPES = {
+    "run_id": np.int32, "event_id": np.int32, "pred_theta": np.float32, "pred_phi": np.float32,
+    "true_theta": np.float32, "true_phi": np.float32, "opening_angle": np.float32,
+    "energy_truth": np.float32, "x_truth": np.float32, "y_truth": np.float32,
+    "z_truth": np.float32, "x_vtx": np.float32, "y_vtx": np.float32, "z_vtx": np.float32,
+}  # fmt: skip
+BASELINES = ("baseline_fit", "baseline_centroid", "baseline_fit_vertex")
+
+
+# ----------------------------------------------------------------------------------------------
+# Metrics and profiles (NumPy).
+# ----------------------------------------------------------------------------------------------
+def evaluation_metrics(pred: np.ndarray, true: np.ndarray, weight=None) -> dict[str, float]:
+    """metrics.angle_metrics plus psi_50, psi_68, psi_90: opening-angle percentiles (deg).
+
+    pred [N, >=2], true [N, 2] (theta, phi) in degrees; weight [N] optional (0 excludes).
+    """
+    out = angle_metrics(pred, true, weight)
+    psi = opening_angles(pred, true) if len(pred) else np.zeros(0)
+    for q in PERCENTILES:
+        out[f"psi_{q}"] = weighted_quantile(psi, q / 100, weight)
+    return out
+
+
+def width68(d: np.ndarray) -> float:
+    """Half the distance between the 16th and 84th percentiles (sigma for a Gaussian)."""
+    if len(d) == 0:
+        return float("nan")
+    lo, hi = np.percentile(d, [16, 84])
+    return float(hi - lo) / 2
+
+
+def resolution_profile(
+    var: np.ndarray, pred: np.ndarray, true: np.ndarray, edges: np.ndarray
+) -> dict[str, np.ndarray]:
+    """Resolution in bins of a true quantity var [N] (e.g. true theta), bin edges [M + 1].
+
+    Returns arrays [M]: centers, n, theta_width68 / phi_width68 (width68 of d_theta and wrapped
+    d_phi), psi68 (68th percentile of the opening angle), theta_bias / phi_bias (medians);
+    NaN in empty bins. Events outside the edges are ignored.
+    """
+    from xecjax.geometry import wrap_deg
+
+    d_theta = pred[:, 0] - true[:, 0]
+    d_phi = wrap_deg(pred[:, 1] - true[:, 1])
+    psi = opening_angles(pred, true) if len(pred) else np.zeros(0)
+    idx = np.digitize(var, edges) - 1
+    idx[var == edges[-1]] = len(edges) - 2  # the last edge belongs to the last bin
+    keys = ("n", "theta_width68", "phi_width68", "psi68", "theta_bias", "phi_bias")
+    out = {k: np.full(len(edges) - 1, np.nan) for k in keys}
+    for b in range(len(edges) - 1):
+        sel = idx == b
+        out["n"][b] = sel.sum()
+        if sel.any():
+            out["theta_width68"][b] = width68(d_theta[sel])
+            out["phi_width68"][b] = width68(d_phi[sel])
+            out["psi68"][b] = np.percentile(psi[sel], 68)
+            out["theta_bias"][b] = np.median(d_theta[sel])
+            out["phi_bias"][b] = np.median(d_phi[sel])
+    out["centers"] = (edges[:-1] + edges[1:]) / 2
+    return out
+
+
+def profiles_of(pred: np.ndarray, true: np.ndarray, bins: int = PROFILE_BINS) -> dict:
+    """{"theta": profile vs true theta, "phi": profile vs true phi}, [bins] over the data range."""
+    out = {}
+    for k, var in enumerate(("theta", "phi")):
+        lo, hi = (float(np.min(true[:, k])), float(np.max(true[:, k]))) if len(true) else (0, 1)
+        edges = np.linspace(lo, hi if hi > lo else lo + 1, bins + 1)
+        out[var] = resolution_profile(true[:, k], pred, true, edges)
+    return out
+
+
+# ----------------------------------------------------------------------------------------------
+# Output files that other tools share.
+# ----------------------------------------------------------------------------------------------
+def val_tree_columns(pred, true, run, event, energy, xyz_truth, xyz_vtx) -> dict[str, np.ndarray]:
+    """Columns of tree val_tree (DESIGN.md section 8) for one chunk of N events.
+
+    pred, true [N, >=2] (theta, phi) deg; run, event [N]; energy [N] GeV; xyz_truth, xyz_vtx
+    [N, 3] cm. Returns {branch: array [N]} in the order of VAL_TREE_DTYPES (run_id, event_id
+    int32, the rest float32); opening_angle in degrees.
+    """
+    pred, true = np.asarray(pred), np.asarray(true)
+    xyz_truth, xyz_vtx = np.asarray(xyz_truth), np.asarray(xyz_vtx)
+    psi = opening_angles(pred, true) if len(pred) else np.zeros(0)
+    cols = {
+        "run_id": run, "event_id": event, "pred_theta": pred[:, 0], "pred_phi": pred[:, 1],
+        "true_theta": true[:, 0], "true_phi": true[:, 1], "opening_angle": psi,
+        "energy_truth": energy, "x_truth": xyz_truth[:, 0], "y_truth": xyz_truth[:, 1],
+        "z_truth": xyz_truth[:, 2], "x_vtx": xyz_vtx[:, 0], "y_vtx": xyz_vtx[:, 1],
+        "z_vtx": xyz_vtx[:, 2],
+    }  # fmt: skip
+    return {k: np.asarray(cols[k], dt) for k, dt in VAL_TREE_DTYPES.items()}
+
+
+@contextlib.contextmanager
+def csv_writer(path: str | os.PathLike):
+    """csv.writer on a temporary file, renamed to path when the block completes."""
+    path = Path(path)
+    tmp = path.parent / f".{path.name}.tmp{os.getpid()}"
+    try:
+        with open(tmp, "w", newline="") as f:
+            w = csv.writer(f)
+            w.writerow(CSV_COLUMNS)
+            yield w
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _save_npz(path: Path, **arrays) -> None:
+    tmp = path.parent / f".{path.name}.tmp{os.getpid()}.npz"
+    np.savez(tmp, **arrays)
+    os.replace(tmp, path)
+
+
+def _write_text(path: Path, text: str) -> None:
+    tmp = path.parent / f".{path.name}.tmp{os.getpid()}"
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+# ----------------------------------------------------------------------------------------------
+# Model-side pieces: prediction, saliency, worst events.
+# ----------------------------------------------------------------------------------------------
+def make_predict_and_saliency(apply_fn):
+    """Jitted predict(params, x) -> [B, 2] and saliency(params, x) -> ([B, 2], [B, 2, 4760, 2]).
+
+    saliency returns the prediction and d output_o / d x_b (o = theta, phi) from one forward
+    pass and two vector-Jacobian products; exact per event because in evaluation mode events do
+    not interact. Each is compiled on first use only.
+    """
+
+    def forward(params, x):
+        return apply_fn(params, x, train=False, rng=None)[:, :2]
+
+    def saliency(params, x):
+        y, vjp = jax.vjp(lambda x_: forward(params, x_), x)
+        cotangents = jnp.stack([jnp.zeros_like(y).at[:, o].set(1.0) for o in range(2)])
+        (grads,) = jax.vmap(vjp)(cotangents)  # one backward pass traced, batched over outputs
+        return y, jnp.moveaxis(grads, 0, 1)
+
+    return jax.jit(forward), jax.jit(saliency)
+
+
+class WorstEvents:
+    """The n events with the largest opening angle seen so far (a min-heap; streaming)."""
+
+    def __init__(self, n: int):
+        self.n, self._heap, self._count = n, [], 0
+
+    def offer(self, psi, x, true, pred, run, event) -> None:
+        if self.n <= 0:
+            return
+        floor = self._heap[0][0] if len(self._heap) == self.n else -np.inf
+        for i in np.flatnonzero(psi > floor):
+            item = (
+                float(psi[i]),
+                self._count,
+                {
+                    "psi": float(psi[i]),
+                    "x": np.array(x[i]),
+                    "true": np.array(true[i]),
+                    "pred": np.array(pred[i]),
+                    "run": int(run[i]),
+                    "event": int(event[i]),
+                },
+            )
+            self._count += 1
+            (heapq.heappush if len(self._heap) < self.n else heapq.heappushpop)(self._heap, item)
+
+    def events(self) -> list[dict]:
+        return [e for *_, e in sorted(self._heap, key=lambda t: -t[0])]
+
+
+# ----------------------------------------------------------------------------------------------
+# The evaluation of one run.
+# ----------------------------------------------------------------------------------------------
+def validation_sources(meta: dict, data=None) -> list:
+    """The run's recorded validation split, or the files named by data (warns on overlap)."""
+    from xecjax.data import Source, Split, discover_files, num_entries
+
+    split = Split.from_dict(meta["split"])
+    if data is None:
+        return split.val
+    files = discover_files(data)
+    train = {os.path.realpath(s.path) for s in split.train}
+    overlap = sorted(f for f in files if os.path.realpath(f) in train)
+    if overlap:
+        warnings.warn(f"--data includes training files of this run: {overlap}", stacklevel=2)
+    return [Source(f, 0, num_entries(f)) for f in files]
+
+
+def _baseline_angles(npho, vtx) -> dict[str, np.ndarray]:
+    from xecjax import baseline
+
+    fit = baseline.fit_point_source(npho)
+    return {
+        "baseline_fit": baseline.direction(fit),
+        "baseline_centroid": baseline.direction(baseline.centroid(npho)),
+        "baseline_fit_vertex": baseline.direction(fit, vtx),
+    }
+
+
+def _rate(batches: list[tuple[int, float]]) -> float | None:
+    """Events/s over timed (events, seconds) batches after the first (compilation), if any."""
+    steady = batches[1:] or batches
+    return sum(n for n, _ in steady) / max(sum(t for _, t in steady), 1e-9) if steady else None
+
+
+def evaluate_run(
+    workdir: str | os.PathLike,
+    data=None,
+    which: str = "best",
+    ema: bool = True,
+    *,
+    max_events: int | None = None,
+    out_dir: str | os.PathLike | None = None,
+    batch_size: int | None = None,
+    with_baseline: bool = True,
+    n_saliency: int = 256,
+    n_worst: int = 10,
+    log_mlflow: bool = True,
+) -> dict[str, Any]:
+    """Evaluate a training run; writes the files listed in the module docstring.
+
+    Args:
+      workdir: the training run directory (checkpoints/, summary.json, MLflow store).
+      data: None (the run's validation split) or ROOT file(s)/directory/glob to evaluate.
+      which, ema: the checkpoint ("best" | "last") and EMA or raw parameters.
+      max_events: stop after this many events (None: all).
+      out_dir: output directory (default <workdir>/evaluation_<which>[_raw]).
+      batch_size: events per batch (default the run's batch size).
+      with_baseline: also run the conventional reconstruction on the same events.
+      n_saliency: events used for the saliency maps; n_worst: events in worst_events.pdf.
+      log_mlflow: log the files and headline metrics into the run's MLflow entry.
+    Returns:
+      the summary dict (also summary.json).
+    """
+    from xecjax.checkpoint import load_for_inference, read_meta
+    from xecjax.data import Loader
+
+    workdir = Path(workdir)
+    if max_events is not None and max_events < 1:
+        raise ValueError(f"max_events must be >= 1 (or None for all), got {max_events}")
+    t0 = time.time()
+    step, meta = read_meta(workdir, which)
+    model_cfg, normaliser, params, apply_fn = load_for_inference(workdir, which, ema)
+    cfg = meta["config"]
+    sources = validation_sources(meta, data)
+    loader = Loader(
+        sources,
+        normaliser,
+        int(batch_size or cfg["data"]["batch_size"]),
+        shuffle=False,
+        drop_remainder=False,
+        fiducial=cfg["data"].get("fiducial", False),
+        extra_branches=("npho",) if with_baseline else (),
+    )
+    out = Path(out_dir) if out_dir else workdir / f"evaluation_{which}{'' if ema else '_raw'}"
+    out.mkdir(parents=True, exist_ok=True)
+    run = workdir.resolve().name
+    files = {
+        "csv": out / f"predictions_{run}.csv",
+        "root": out / f"validation_results_{run}.root",
+        "profile": out / "resolution_profile.pdf",
+        "scatter": out / "scatter.pdf",
+        "saliency": out / "saliency_profile.pdf",
+        "saliency_arrays": out / "saliency.npz",
+        "worst": out / "worst_events.pdf",
+        "json": out / "summary.json",
+        "md": out / "summary.md",
+    }
+    predict, saliency_fn = make_predict_and_saliency(apply_fn)
+    acc: dict[str, list] = {k: [] for k in ("pred", "true", *(BASELINES * with_baseline))}
+    sal_sum, n_sal, example = np.zeros((2, N_SENSORS, 2)), 0, {}
+    worst = WorstEvents(n_worst)
+    timing = {"model": [], "baseline": []}  # per batch (events, seconds)
+    n_done = 0
+    with TreeWriter(files["root"], "val_tree") as tree, csv_writer(files["csv"]) as rows:
+        for batch in loader.epoch(0):
+            ok = batch["valid"] & (np.cumsum(batch["valid"]) <= (max_events or np.inf) - n_done)
+            if not ok.any():
+                break
+            b = {k: v[ok] for k, v in batch.items() if k not in ("x", "npho")}
+            n_ok = int(ok.sum())
+            t = time.time()
+            if n_sal < n_saliency:  # the first batches also give the saliency maps
+                pred, grads = (np.asarray(a) for a in saliency_fn(params, batch["x"]))
+                use = ok & (np.cumsum(ok) <= n_saliency - n_sal)
+                if n_sal == 0:  # one event kept whole: its gradient map and its input
+                    example = {"grad": grads[use][0], "x": batch["x"][use][0]}
+                sal_sum += np.abs(grads[use]).sum(0)
+                n_sal += int(use.sum())
+            else:
+                pred = np.asarray(predict(params, batch["x"]))
+                timing["model"].append((n_ok, time.time() - t))
+            pred = pred[ok].astype(np.float32)
+            true, ids = b["angles"], (b["run"], b["event"])
+            tree.extend(val_tree_columns(pred, true, *ids, b["energy"], b["xyzTruth"], b["xyzVTX"]))
+            rows.writerows(zip(*(np.round(a, 5) for a in (*true.T, *pred.T)), *ids, strict=True))
+            acc["pred"].append(pred)
+            acc["true"].append(true)
+            if with_baseline:  # on the whole padded batch: one jitted shape
+                t = time.time()
+                for k, v in _baseline_angles(batch["npho"], batch["xyzVTX"]).items():
+                    acc[k].append(v[ok])
+                timing["baseline"].append((n_ok, time.time() - t))
+            worst.offer(opening_angles(pred, true), batch["x"][ok], true, pred, *ids)
+            n_done += n_ok
+    if n_done == 0:
+        raise ValueError(f"no validation events in {[s.path for s in sources]}")
+    res = {k: np.concatenate(v) for k, v in acc.items()}
+    methods = {"model": res["pred"], **{k: res[k] for k in BASELINES if k in res}}
+    metrics = {m: evaluation_metrics(p, res["true"]) for m, p in methods.items()}
+    plots.plot_resolution_profiles(
+        {m: profiles_of(p, res["true"]) for m, p in methods.items()}, files["profile"]
+    )
+    plots.plot_scatter(res["true"], methods, files["scatter"])
+    saliency = sal_sum / max(n_sal, 1)
+    plots.plot_saliency(saliency, files["saliency"], n_sal)
+    _save_npz(files["saliency_arrays"], mean_abs=saliency, n_events=n_sal, **example)
+    sentinels = (normaliser.sentinel_npho, normaliser.sentinel_time)
+    plots.plot_worst_events(worst.events(), files["worst"], sentinels)
+    per_face = plots.face_means(np.moveaxis(saliency, -1, 1))  # [2 out, 2 chan, 6 faces]
+    summary = {
+        "run": run,
+        "workdir": str(workdir.resolve()),
+        "model": model_cfg.get("name"),
+        "variant": cfg.get("variant", ""),
+        "checkpoint": {"which": which, "ema": ema, "step": int(step)},
+        "data": {
+            "sources": [f"{s.path}[{s.start}:{s.stop}]" for s in sources],
+            "recorded_split": data is None,
+            "n_events": n_done,
+            "fiducial": bool(cfg["data"].get("fiducial", False)),
+        },
+        "val_resolution_deg": metrics["model"]["val_resolution_deg"],
+        "metrics": metrics,
+        "saliency_per_face": {
+            f"{o}/{c}": dict(zip(plots.FACE_NAMES, per_face[i, j].round(8).tolist(), strict=True))
+            for i, o in enumerate(("theta", "phi"))
+            for j, c in enumerate(("npho", "time"))
+        },
+        "n_saliency_events": n_sal,
+        "events_per_s": {k: _rate(v) for k, v in timing.items()},
+        "wall_time_s": round(time.time() - t0, 1),
+        "files": {k: v.name for k, v in files.items()},
+    }
+    _write_text(files["json"], json.dumps(summary, indent=1, default=float) + "\n")
+    _write_text(files["md"], plots.summary_markdown(summary))
+    if log_mlflow:
+        log_to_mlflow(workdir, meta, summary, list(files.values()))
+    return summary
+
+
+def log_to_mlflow(workdir: Path, meta: dict, summary: dict, paths: list[Path]) -> bool:
+    """Add the files and eval/* metrics to the run's MLflow entry; False (warned) if unavailable."""
+    from xecjax.tracking import Tracker, default_mlflow_uri
+
+    run_id = meta.get("mlflow_run_id")
+    track = meta["config"].get("tracking", {})
+    uri = track.get("mlflow_uri") or default_mlflow_uri()
+    db = Path(uri[len("sqlite:///") :]) if uri.startswith("sqlite:///") else None
+    if not run_id or (db is not None and not db.exists()):
+        warnings.warn(f"no MLflow run to log to (run id {run_id!r}, store {uri})", stacklevel=2)
+        return False
+    status = "FINISHED"
+    with contextlib.suppress(OSError, ValueError, KeyError):
+        status = json.loads((workdir / "summary.json").read_text())["status"]
+    try:
+        tracker = Tracker(
+            workdir,
+            {},
+            mlflow_uri=uri,
+            experiment=track.get("experiment", "gamma_angle"),
+            run_id=run_id,
+            tensorboard=False,
+        )
+        model = summary["metrics"]["model"]
+        tracker.log_metrics(
+            {f"eval/{k}": v for k, v in model.items()}, summary["checkpoint"]["step"]
+        )
+        for p in paths:
+            tracker.log_artifact(p)
+        tracker.close(status)
+    except Exception as e:  # tracking must not lose the evaluation outputs already written
+        warnings.warn(f"MLflow logging failed ({type(e).__name__}: {e})", stacklevel=2)
+        return False
+    return True
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Command-line entry point; 0 on success, 2 on bad input."""
+    p = argparse.ArgumentParser(
+        prog="python -m xecjax.evaluate", description=__doc__.splitlines()[0]
+    )
+    p.add_argument("--workdir", required=True, help="training run directory")
+    p.add_argument(
+        "--data", default=None, help="ROOT file(s)/dir/glob (default: the run's val split)"
+    )
+    p.add_argument("--checkpoint", choices=("best", "last"), default="best")
+    p.add_argument("--no-ema", action="store_true", help="raw instead of EMA parameters")
+    p.add_argument("--max-events", type=int, default=None)
+    p.add_argument("--out", default=None, help="output directory")
+    p.add_argument("--batch-size", type=int, default=None)
+    p.add_argument("--no-baseline", action="store_true", help="skip the conventional methods")
+    p.add_argument("--saliency-events", type=int, default=256)
+    p.add_argument("--worst", type=int, default=10, help="events in worst_events.pdf")
+    p.add_argument("--no-mlflow", action="store_true")
+    a = p.parse_args(argv)
+    try:
+        s = evaluate_run(
+            a.workdir,
+            a.data,
+            a.checkpoint,
+            not a.no_ema,
+            max_events=a.max_events,
+            out_dir=a.out,
+            batch_size=a.batch_size,
+            with_baseline=not a.no_baseline,
+            n_saliency=a.saliency_events,
+            n_worst=a.worst,
+            log_mlflow=not a.no_mlflow,
+        )
+    except (FileNotFoundError, ValueError) as e:
+        print(f"xecjax.evaluate: error: {e}", file=sys.stderr)
+        return 2
+    print(plots.summary_markdown(s))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,284 @@
+"""Evaluation plots (matplotlib, Agg): resolution profiles, scatter, saliency, event displays;
+and the Markdown report of an evaluation summary.
+
+Every function takes NumPy arrays and a path and writes one PDF atomically (a temporary file
+beside the target, renamed when complete). Face images follow the physical layout of
+xecjax.geometry: inner 93 (phi) x 44 (z), outer fine grid 45 (z) x 72 (phi) with the centre
+patch at its own resolution, US/DS 24 (phi) x 6 (r), top/bottom hexagonal faces drawn at the
+sensor positions (r, z). Angles in degrees.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+from collections.abc import Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+from matplotlib.backends.backend_pdf import PdfPages  # noqa: E402
+
+from xecjax.geometry import (  # noqa: E402
+    BOTTOM_IDS,
+    DS_MAP,
+    FACE_NAMES,
+    FACE_OF,
+    INNER_DZ,
+    INNER_MAP,
+    INNER_NPHI,
+    INNER_NZ,
+    OUTER_FINE_MAP,
+    PHI_COVERAGE_DEG,
+    PHI_EDGE_DEG,
+    POSITIONS,
+    R_INNER,
+    TOP_IDS,
+    US_MAP,
+)
+
+FACE_PANELS = ("inner", "outer", "us", "ds", "top", "bottom")
+_IMAGE_MAPS = {"inner": INNER_MAP, "outer": OUTER_FINE_MAP, "us": US_MAP, "ds": DS_MAP}
+_HEX_IDS = {"top": TOP_IDS, "bottom": BOTTOM_IDS}
+_HEX_RZ = {k: (np.hypot(*POSITIONS[v, :2].T), POSITIONS[v, 2]) for k, v in _HEX_IDS.items()}
+_AXIS_LABELS = {
+    "inner": ("z column", "phi row"),
+    "outer": ("phi column", "z row"),
+    "us": ("r column", "phi row"),
+    "ds": ("r column", "phi row"),
+    "top": ("z (cm)", "r (cm)"),
+    "bottom": ("z (cm)", "r (cm)"),
+}
+
+
+@contextlib.contextmanager
+def atomic_pdf(path: str | os.PathLike) -> Iterator[PdfPages]:
+    """Multi-page PDF written to a temporary file and renamed into place when complete."""
+    path = Path(path)
+    tmp = path.parent / f".{path.name}.tmp{os.getpid()}"
+    try:
+        with PdfPages(tmp) as pdf:
+            yield pdf
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _save(fig, pdf: PdfPages, tight: bool = True) -> None:
+    # tight_layout draws the figure once more: too slow for the 24-axes face displays.
+    if tight:
+        fig.tight_layout()
+    else:
+        fig.subplots_adjust(left=0.03, right=0.97, bottom=0.07, top=0.9, wspace=0.45, hspace=0.35)
+    pdf.savefig(fig)
+    plt.close(fig)
+
+
+def draw_face(ax, values: np.ndarray, face: str, cmap: str = "viridis", title: str = ""):
+    """Draw one face of per-sensor values [4760] on ax; returns the mappable for a colorbar."""
+    if face in _IMAGE_MAPS:
+        img = values[_IMAGE_MAPS[face]]
+        m = ax.imshow(img, origin="upper", aspect="auto", cmap=cmap, interpolation="nearest")
+    else:
+        r, z = _HEX_RZ[face]
+        m = ax.scatter(z, r, c=values[_HEX_IDS[face]], s=60, marker="h", cmap=cmap)
+        ax.set_aspect("equal")
+    ax.set_title(title or face, fontsize=8)
+    ax.set_xlabel(_AXIS_LABELS[face][0], fontsize=7)
+    ax.set_ylabel(_AXIS_LABELS[face][1], fontsize=7)
+    ax.tick_params(labelsize=6)
+    return m
+
+
+def draw_faces(fig, axes: Sequence, values: np.ndarray, label: str, cmap: str = "viridis") -> None:
+    """One row of six face panels of values [4760] with colorbars."""
+    for ax, face in zip(axes, FACE_PANELS, strict=True):
+        m = draw_face(ax, values, face, cmap, f"{face}: {label}")
+        fig.colorbar(m, ax=ax, fraction=0.05)
+
+
+def inner_face_point(theta_deg: float, phi_deg: float) -> tuple[float, float]:
+    """(z column, phi row) on the inner image where a direction from the origin crosses it."""
+    z = R_INNER / np.tan(np.deg2rad(theta_deg))
+    row = (PHI_EDGE_DEG - phi_deg) / (PHI_COVERAGE_DEG / INNER_NPHI) - 0.5
+    return z / INNER_DZ + (INNER_NZ - 1) / 2, row
+
+
+# ----------------------------------------------------------------------------------------------
+# Resolution profiles and scatter plots.
+# ----------------------------------------------------------------------------------------------
+PROFILE_ROWS = (
+    ("theta_width68", "68% width of d_theta (deg)"),
+    ("phi_width68", "68% width of d_phi (deg)"),
+    ("psi68", "68% opening angle (deg)"),
+    ("theta_bias", "median d_theta (deg)"),
+    ("phi_bias", "median d_phi (deg)"),
+)
+
+
+def plot_resolution_profiles(profiles: Mapping[str, Mapping[str, Mapping]], path) -> Path:
+    """profiles[method]["theta" | "phi"] = resolution_profile(...) dicts -> PDF, one curve each.
+
+    The first method is drawn as the main one (the model), the others as comparison curves.
+    """
+    with atomic_pdf(path) as pdf:
+        fig, axes = plt.subplots(len(PROFILE_ROWS), 2, figsize=(11, 3.2 * len(PROFILE_ROWS)))
+        for col, var in enumerate(("theta", "phi")):
+            for row, (key, label) in enumerate(PROFILE_ROWS):
+                ax = axes[row, col]
+                for i, (method, prof) in enumerate(profiles.items()):
+                    p = prof[var]
+                    style = "o-" if i == 0 else "s--"
+                    ax.plot(
+                        p["centers"], p[key], style, ms=3, lw=1.5 if i == 0 else 1, label=method
+                    )
+                ax.set(xlabel=f"true {var} (deg)", ylabel=label)
+                ax.grid(alpha=0.3)
+                if row == 0 and col == 0:
+                    ax.legend(fontsize=7)
+        _save(fig, pdf)
+    return Path(path)
+
+
+def plot_scatter(
+    true: np.ndarray, preds: Mapping[str, np.ndarray], path, max_points: int = 50_000
+) -> Path:
+    """Predicted vs true (theta, phi) of the first method, residual histograms of all. [N, 2]."""
+    from xecjax.geometry import wrap_deg
+    from xecjax.metrics import opening_angles
+
+    names = list(preds)
+    rng = np.random.default_rng(0)
+    sel = rng.permutation(len(true))[:max_points] if len(true) > max_points else slice(None)
+    with atomic_pdf(path) as pdf:
+        fig, axes = plt.subplots(1, 2, figsize=(10, 4.6))
+        first = preds[names[0]]
+        for k, var in enumerate(("theta", "phi")):
+            ax = axes[k]
+            ax.scatter(true[sel, k], first[sel, k], s=2, alpha=0.4, rasterized=True)
+            lo, hi = np.nanmin(true[:, k]), np.nanmax(true[:, k])
+            ax.plot([lo, hi], [lo, hi], "r-", lw=0.8)
+            ax.set(xlabel=f"true {var} (deg)", ylabel=f"predicted {var} (deg)", title=names[0])
+        _save(fig, pdf)
+
+        fig, axes = plt.subplots(1, 3, figsize=(14, 4.2))
+        residuals = {
+            m: (p[:, 0] - true[:, 0], wrap_deg(p[:, 1] - true[:, 1]), opening_angles(p, true))
+            for m, p in preds.items()
+        }
+        for k, label in enumerate(("d_theta (deg)", "d_phi (deg)", "opening angle (deg)")):
+            allv = np.concatenate([r[k] for r in residuals.values()])
+            lim = np.nanpercentile(np.abs(allv), 99) if allv.size else 1.0
+            bins = np.linspace(0 if k == 2 else -lim, lim, 81)
+            for m, r in residuals.items():
+                axes[k].hist(r[k], bins=bins, histtype="step", label=m, density=True)
+            axes[k].set(xlabel=label, ylabel="density")
+        axes[0].legend(fontsize=7)
+        _save(fig, pdf)
+    return Path(path)
+
+
+# ----------------------------------------------------------------------------------------------
+# Saliency and event displays.
+# ----------------------------------------------------------------------------------------------
+def face_means(values: np.ndarray) -> np.ndarray:
+    """Mean over the sensors of each face: [..., 4760] -> [..., 6] (FACE_NAMES order)."""
+    return np.stack([values[..., FACE_OF == f].mean(-1) for f in range(len(FACE_NAMES))], -1)
+
+
+def plot_saliency(saliency: np.ndarray, path, n_events: int) -> Path:
+    """saliency [2 (theta, phi), 4760, 2 (npho, time)] mean |d output / d input| -> PDF.
+
+    Page 1: mean over each face's sensors, per output and input channel. Then one page per
+    output (theta, phi) with the npho and time saliency drawn on the face images.
+    """
+    per_face = face_means(np.moveaxis(saliency, -1, 1))  # [2, 2, 6]
+    with atomic_pdf(path) as pdf:
+        fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+        x = np.arange(len(FACE_NAMES))
+        for o, out in enumerate(("theta", "phi")):
+            for c, chan in enumerate(("npho", "time")):
+                axes[o].bar(x + 0.4 * c - 0.2, per_face[o, c], width=0.4, label=chan)
+            axes[o].set_xticks(x, FACE_NAMES)
+            axes[o].set(
+                ylabel=f"mean |d {out} / d input| (deg per unit)",
+                title=f"{out}: saliency per face ({n_events} events)",
+            )
+            axes[o].legend()
+        _save(fig, pdf)
+        for o, out in enumerate(("theta", "phi")):
+            fig, axes = plt.subplots(2, len(FACE_PANELS), figsize=(22, 7))
+            for c, chan in enumerate(("npho", "time")):
+                draw_faces(fig, axes[c], saliency[o, :, c], f"|d{out}/d {chan}|", "magma")
+            _save(fig, pdf, tight=False)
+    return Path(path)
+
+
+def plot_worst_events(
+    events: Sequence[Mapping], path, sentinels: tuple[float, float] | None = (-1.0, -1.0)
+) -> Path:
+    """One page per event: npho and time features on all faces, true and predicted direction.
+
+    events: dicts with "x" [4760, 2] (network input), "true", "pred" [2] deg, "psi" deg,
+    "run", "event". Feature values equal to the Normaliser's sentinels (dead channel, no time)
+    are left blank so that they do not set the colour scale.
+    """
+    with atomic_pdf(path) as pdf:
+        if not events:
+            fig = plt.figure(figsize=(6, 2))
+            fig.text(0.5, 0.5, "no events", ha="center")
+            _save(fig, pdf)
+        for rank, ev in enumerate(events):
+            fig, axes = plt.subplots(2, len(FACE_PANELS), figsize=(22, 7))
+            for c, chan in enumerate(("npho feature", "time feature")):
+                values = np.asarray(ev["x"], np.float64)[:, c]
+                if sentinels is not None:
+                    values = np.where(values == sentinels[c], np.nan, values)
+                draw_faces(fig, axes[c], values, chan)
+            for c in range(2):
+                ax = axes[c, 0]
+                for key, marker, color in (("true", "x", "red"), ("pred", "+", "cyan")):
+                    col, row = inner_face_point(*ev[key][:2])
+                    ax.plot(col, row, marker, color=color, ms=12, mew=2, label=key)
+                ax.legend(fontsize=7, loc="upper right")
+            fig.suptitle(
+                f"#{rank + 1}: run {ev['run']} event {ev['event']}  opening angle "
+                f"{ev['psi']:.2f} deg  true (theta, phi) = ({ev['true'][0]:.2f}, "
+                f"{ev['true'][1]:.2f})  predicted = ({ev['pred'][0]:.2f}, {ev['pred'][1]:.2f})"
+            )
+            _save(fig, pdf, tight=False)
+    return Path(path)
+
+
+def summary_markdown(summary: dict[str, Any]) -> str:
+    """A short human-readable report of an evaluation summary."""
+    ck, d = summary["checkpoint"], summary["data"]
+    lines = [
+        f"# Evaluation of {summary['run']}",
+        "",
+        f"- model: {summary['model']} ({summary['variant']}), checkpoint `{ck['which']}` step "
+        f"{ck['step']}, {'EMA' if ck['ema'] else 'raw'} parameters",
+        f"- data: {d['n_events']} events, "
+        f"{'the run’s validation split' if d['recorded_split'] else 'given files'}: "
+        + ", ".join(d["sources"]),
+        f"- 68% opening angle: **{summary['val_resolution_deg']:.3f} deg**",
+        "",
+        "| method | psi 50% | psi 68% | psi 90% | theta bias | theta rms | phi bias | phi rms |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for m, r in summary["metrics"].items():
+        keys = ("psi_50", "psi_68", "psi_90", "theta_bias", "theta_rms", "phi_bias", "phi_rms")
+        lines.append(f"| {m} | " + " | ".join(f"{r[k]:.3f}" for k in keys) + " |")
+    lines += [
+        "",
+        "Angles in degrees. Baselines: point-source fit and light centroid from the "
+        "target centre; `baseline_fit_vertex` from the event vertex (xyzVTX).",
+        "",
+    ]
+    rates = [f"{k} {v:.0f}" for k, v in summary["events_per_s"].items() if v is not None]
+    lines.append("Throughput (events/s, after the first batch): " + ", ".join(rates))
+    return "\n".join(lines) + "\n"
