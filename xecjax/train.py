@@ -1,0 +1,653 @@
+"""Training: ROOT events -> a direction regressor, data-parallel over devices and processes.
+
+  python -m xecjax.train --config configs/convnext.py:toy [--workdir runs/toy]
+      [--config.optim.lr=8e-4 ...]
+
+With no data path configured the embedded toy data set is generated once (xecjax.simulate) into
+the git-ignored cache config.data.toy_dir and reused. The story of `train_and_evaluate` follows
+the banner comments: mesh, data, model + optimizer, update step, restore, evaluation, loop.
+
+Resume order (`--config.train.resume`): "" starts fresh and refuses a workdir that already has
+checkpoints; "auto" continues from <workdir>/checkpoints/last when it exists (fresh otherwise;
+what Slurm resubmissions use); a PATH (workdir or checkpoint dir) continues from that run. A
+resumed run restores parameters, EMA, optimiser state (hence the schedule), step, RNG, data
+split, normaliser, reweighter and data position (epoch, batch), so it continues exactly: 2
+epochs + resume 2 gives the parameters of 4 epochs in one go.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+from jax.experimental import multihost_utils
+from jax.sharding import NamedSharding
+from jax.sharding import PartitionSpec as P
+
+from xecjax import losses, metrics
+from xecjax.checkpoint import Checkpointer, read_meta, resolve_checkpoint_dir
+from xecjax.config import parse_command_line
+from xecjax.optim import make_optimizer, make_schedule
+from xecjax.tracking import Tracker, plot_history, system_metrics
+
+
+class NonFiniteError(RuntimeError):
+    """A non-finite loss or gradient under nan_policy='stop'."""
+
+
+# ----------------------------------------------------------------------------------------------
+# Processes and devices.
+# ----------------------------------------------------------------------------------------------
+_DISTRIBUTED = False
+
+
+def maybe_initialize_distributed() -> None:
+    """jax.distributed.initialize() under Slurm with several tasks (it reads Slurm's variables)."""
+    global _DISTRIBUTED
+    several = (
+        int(os.environ.get("SLURM_NTASKS", "1")) > 1 or "JAX_COORDINATOR_ADDRESS" in os.environ
+    )
+    if several and not _DISTRIBUTED:
+        jax.distributed.initialize()
+        _DISTRIBUTED = True
+
+
+def make_mesh() -> jax.sharding.Mesh:
+    """1-D mesh over all devices of all processes, axis 'data' (Auto: scatters allowed)."""
+    return jax.make_mesh((jax.device_count(),), ("data",), axis_types=(jax.sharding.AxisType.Auto,))
+
+
+# ----------------------------------------------------------------------------------------------
+# Data: files, split, normaliser, loaders.
+# ----------------------------------------------------------------------------------------------
+def toy_data_files(cfg: ml_collections.ConfigDict) -> list[str]:
+    """The embedded toy data set: generated once into a cache folder named by its parameters."""
+    from xecjax.simulate import SimConfig, write_toy_files
+
+    name = f"{cfg.toy_vertex}_{cfg.toy_events}ev_{cfg.toy_files}f_seed{cfg.toy_seed}"
+    out = Path(cfg.toy_dir) / name
+    if jax.process_index() == 0 and not out.is_dir():
+        tmp = out.with_name(f"{name}.tmp-{os.getpid()}")
+        print(f"generating the toy data set ({cfg.toy_events} events) into {out}", flush=True)
+        write_toy_files(
+            tmp,
+            cfg.toy_events,
+            cfg.toy_files,
+            seed=cfg.toy_seed,
+            cfg=SimConfig(vertex=cfg.toy_vertex),
+            progress=True,
+        )
+        tmp.rename(out)  # atomic: a half-written cache is never mistaken for a complete one
+    if jax.process_count() > 1:
+        multihost_utils.sync_global_devices("toy data")
+    return sorted(str(p) for p in out.glob("*.root"))
+
+
+def make_data(config: ml_collections.ConfigDict, meta: dict[str, Any] | None) -> dict[str, Any]:
+    """Split, normaliser, reweighter and the per-process train/val loaders.
+
+    On resume (meta given) split, normaliser and reweighter come from the checkpoint.
+    """
+    from xecjax.data import Loader, Normaliser, Reweighter, Split, discover_files, make_split
+
+    d = config.data
+    if meta is not None:
+        split = Split.from_dict(meta["split"])
+        normaliser = Normaliser.from_dict(meta["normaliser"])
+        reweighter = Reweighter.from_dict(meta["reweighter"]) if meta["reweighter"] else None
+    else:
+        files = []
+        if not (d.train and d.val):
+            files = discover_files(d.path) if d.path else toy_data_files(d)
+        split = make_split(files, val_fraction=d.val_fraction, seed=d.split_seed,
+                           train=d.train or None, val=d.val or None)  # fmt: skip
+        normaliser = make_normaliser(config.norm)
+        reweighter = None
+        if d.reweight != "none":
+            reweighter = Reweighter.fit(split.train, mode=d.reweight, bins=d.reweight_bins)
+    n_proc, rank = jax.process_count(), jax.process_index()
+    if d.batch_size % jax.device_count():
+        raise ValueError(
+            f"config.data.batch_size = {d.batch_size} is not a multiple of the "
+            f"{jax.device_count()} devices"
+        )
+    common = dict(
+        chunk_size=d.chunk_size,
+        reweighter=reweighter,
+        fiducial=d.fiducial,
+        prefetch=d.prefetch,
+        workers=d.workers,
+    )
+    local_batch = d.batch_size // n_proc
+    train = Loader(
+        shard_sources(split.train, rank, n_proc),
+        normaliser,
+        local_batch,
+        shuffle=True,
+        seed=config.train.seed,
+        shuffle_buffer=d.shuffle_buffer,
+        channel_dropout=d.channel_dropout,
+        **common,
+    )
+    val = Loader(
+        shard_sources(split.val, rank, n_proc),
+        normaliser,
+        local_batch,
+        shuffle=False,
+        drop_remainder=False,
+        **common,
+    )
+    return dict(split=split, normaliser=normaliser, reweighter=reweighter, train=train, val=val)
+
+
+def make_normaliser(norm_cfg: ml_collections.ConfigDict):
+    """Normaliser preset plus the fields of config.norm that are not None."""
+    from xecjax.data import Normaliser
+
+    base = Normaliser.preset(norm_cfg.preset)
+    overrides = {k: v for k, v in norm_cfg.items() if k != "preset" and v is not None}
+    fields = {f.name for f in dataclasses.fields(base)}
+    unknown = sorted(set(overrides) - fields)
+    if unknown:
+        raise ValueError(
+            f"config.norm: unknown Normaliser fields {unknown}; known: {sorted(fields)}"
+        )
+    return dataclasses.replace(base, **overrides)
+
+
+def shard_sources(sources: list, rank: int, n_proc: int) -> list:
+    """This process's share: every source's event range cut into n_proc contiguous pieces."""
+    if n_proc == 1:
+        return list(sources)
+    out = []
+    for s in sources:
+        edges = np.linspace(s.start, s.stop, n_proc + 1).astype(int)
+        if edges[rank + 1] > edges[rank]:
+            out.append(dataclasses.replace(s, start=int(edges[rank]), stop=int(edges[rank + 1])))
+    return out
+
+
+def agree(value: int, reduce=min) -> int:
+    """The same integer on every process (min or max over processes)."""
+    if jax.process_count() == 1:
+        return int(value)
+    return int(reduce(multihost_utils.process_allgather(np.asarray(value))))
+
+
+# ----------------------------------------------------------------------------------------------
+# Update step and evaluation step (pure functions of the state dict and a batch).
+# ----------------------------------------------------------------------------------------------
+def _cast(tree: Any, dtype) -> Any:
+    return jax.tree.map(
+        lambda a: a.astype(dtype) if jnp.issubdtype(a.dtype, jnp.floating) else a, tree
+    )
+
+
+def make_train_step(apply_fn, tx, loss_fn, config: ml_collections.ConfigDict):
+    """step(state, batch) -> (state, {"loss", "grad_norm", "finite"}).
+
+    A non-finite loss or gradient leaves parameters, EMA and optimiser state unchanged (the host
+    then stops or counts the skip), so the in-memory state stays the last good one.
+    """
+    ema_decay = float(config.optim.ema_decay)
+    compute = jnp.bfloat16 if config.train.bf16 else jnp.float32
+    nan_step = int(config.train.debug_nan_step)
+
+    def step_fn(state, batch):
+        rng = jax.random.fold_in(state["rng"], state["step"])
+
+        def loss_of(params):
+            pred = apply_fn(_cast(params, compute), batch["x"].astype(compute), True, rng)
+            per_sample = loss_fn(pred.astype(jnp.float32), batch["angles"])
+            return losses.weighted_mean(per_sample, batch["weight"] * batch["valid"])
+
+        loss, grads = jax.value_and_grad(loss_of)(state["params"])
+        if nan_step >= 0:  # testing hook: poison one step
+            loss = jnp.where(state["step"] == nan_step, jnp.nan, loss)
+        grad_norm = optax.global_norm(grads)
+        finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+        updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
+        params = optax.apply_updates(state["params"], updates)
+        if ema_decay >= 0:
+            ema = jax.tree.map(
+                lambda e, p: ema_decay * e + (1.0 - ema_decay) * p, state["ema"], params
+            )
+        else:
+            ema = params
+        new = {"params": params, "ema": ema, "opt_state": opt_state}
+        new = jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, {k: state[k] for k in new})
+        new.update(step=state["step"] + 1, rng=state["rng"])
+        return new, {"loss": loss, "grad_norm": grad_norm, "finite": finite}
+
+    return step_fn
+
+
+def make_eval_step(apply_fn, loss_fn, bf16: bool):
+    """eval(params, batch) -> (predictions [B, C] float32, per-sample loss [B])."""
+    compute = jnp.bfloat16 if bf16 else jnp.float32
+
+    def eval_fn(params, batch):
+        pred = apply_fn(
+            _cast(params, compute), batch["x"].astype(compute), False, jax.random.PRNGKey(0)
+        ).astype(jnp.float32)
+        return pred, loss_fn(pred, batch["angles"])
+
+    return eval_fn
+
+
+def evaluate(eval_step, params, loader, batch_sharding: NamedSharding) -> dict[str, float]:
+    """val_loss (the training loss on EMA parameters) and the angle metrics over the val set."""
+    n_local = agree(loader.num_batches(), max)
+    preds, trues, per_sample, weights, valid = [], [], [], [], []
+    it = loader.epoch(0)
+    template = None
+    for _ in range(n_local):
+        local = next(it, None)
+        if local is None:  # this process ran out: feed padding so every process steps together
+            local = {k: np.zeros_like(v) for k, v in template.items()}
+        template = template or local
+        batch = to_global(local, batch_sharding)
+        pred, loss = eval_step(params, batch)
+        for out, a in (
+            (preds, pred),
+            (per_sample, loss),
+            (trues, batch["angles"]),
+            (weights, batch["weight"]),
+            (valid, batch["valid"]),
+        ):
+            out.append(np.asarray(multihost_utils.process_allgather(a, tiled=True)))
+    if not preds:
+        raise ValueError("the validation set is empty: check config.data.val / val_fraction")
+    pred, true = np.concatenate(preds), np.concatenate(trues)
+    ok = np.concatenate(valid).astype(bool)
+    w = np.concatenate(weights) * ok
+    loss = np.concatenate(per_sample)
+    out = metrics.angle_metrics(pred[ok], true[ok])
+    out["val_loss"] = float(np.where(w > 0, w * loss, 0.0).sum() / max(w.sum(), 1e-12))
+    return out
+
+
+def to_global(local: dict[str, np.ndarray], sharding: NamedSharding) -> dict[str, jax.Array]:
+    """Per-process batch -> global arrays sharded on 'data' (batch axis)."""
+    keys = ("x", "angles", "weight", "valid")
+    return {k: jax.make_array_from_process_local_data(sharding, np.asarray(local[k])) for k in keys}
+
+
+# ----------------------------------------------------------------------------------------------
+# Preemption (Slurm sends SIGTERM; Ctrl-C is SIGINT): save and leave at the next step.
+# ----------------------------------------------------------------------------------------------
+class Preemption:
+    """Sets a flag on SIGTERM/SIGINT; a second signal gets the default behaviour."""
+
+    def __init__(self) -> None:
+        self.signal: int | None = None
+        self._old: dict[int, Any] = {}
+
+    def __enter__(self) -> Preemption:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            self._old[sig] = signal.signal(sig, self._handler)
+        return self
+
+    def _handler(self, signum, frame) -> None:
+        self.signal = signum
+        signal.signal(signum, self._old.get(signum, signal.SIG_DFL))
+
+    def __exit__(self, *exc) -> None:
+        for sig, old in self._old.items():
+            signal.signal(sig, old)
+
+    @property
+    def requested(self) -> bool:
+        return (
+            agree(self.signal is not None, max) > 0
+            if jax.process_count() > 1
+            else (self.signal is not None)
+        )
+
+
+# ----------------------------------------------------------------------------------------------
+# The whole run.
+# ----------------------------------------------------------------------------------------------
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -> dict[str, Any]:
+    """Train, validate every eval_every epochs with the EMA parameters, checkpoint, track.
+
+    Returns the run summary (also written to <workdir>/summary.json). Raises NonFiniteError
+    under nan_policy='stop' after a non-finite loss or gradient (the last checkpoint is kept).
+    """
+    from flax import nnx
+
+    from xecjax.models import build_model, count_params, make_apply
+
+    t_start = time.time()
+    workdir = Path(workdir)
+    workdir.mkdir(parents=True, exist_ok=True)
+    is_main = jax.process_index() == 0
+    if config.train.nan_policy not in ("stop", "skip"):
+        raise ValueError(f"config.train.nan_policy = {config.train.nan_policy!r}: stop|skip")
+
+    # --- mesh --------------------------------------------------------------------------------
+    mesh = make_mesh()
+    replicated = NamedSharding(mesh, P())
+    batch_sharding = NamedSharding(mesh, P("data"))
+
+    # --- restore point -----------------------------------------------------------------------
+    ckpt = Checkpointer(workdir)
+    source = None  # the Checkpointer to resume from
+    resume = config.train.resume
+    if resume == "":
+        if ckpt.latest_step("last") is not None:
+            raise FileExistsError(
+                f"{workdir} already holds checkpoints: resume with "
+                f"--config.train.resume=auto or choose another --workdir"
+            )
+    elif resume == "auto":
+        source = ckpt if ckpt.latest_step("last") is not None else None
+    else:
+        source = Checkpointer(
+            resolve_checkpoint_dir(resume, "last").parent.parent, async_save=False
+        )
+
+    # --- data --------------------------------------------------------------------------------
+    meta = None
+    if source is not None:
+        _, meta = read_meta(source.root / "last", "last")
+        model_now = json.loads(json.dumps(config.model.to_dict()))  # tuples -> lists, as saved
+        if meta["config"]["model"] != model_now:
+            raise ValueError(
+                f"config.model differs from the checkpoint's in {source.root}: "
+                f"{meta['config']['model']} != {model_now}"
+            )
+    data = make_data(config, meta)
+    steps_per_epoch = agree(data["train"].num_batches(), min)
+    if steps_per_epoch == 0:
+        raise ValueError(f"fewer training events than one batch ({config.data.batch_size})")
+
+    # --- model + optimizer -------------------------------------------------------------------
+    model = build_model(config.model, rngs=nnx.Rngs(config.train.seed))
+    params, apply_fn = make_apply(model)
+    schedule = make_schedule(config.optim, steps_per_epoch, config.train.epochs)
+    tx = make_optimizer(config.optim, schedule)
+    loss_fn = losses.get_loss(config.optim.loss, config.optim.beta)
+    state = {
+        "params": params,
+        "ema": jax.tree.map(jnp.copy, params),
+        "opt_state": tx.init(params),
+        "step": jnp.zeros((), jnp.int32),
+        "rng": jax.random.PRNGKey(config.train.seed + 1),
+    }
+    state = jax.device_put(state, replicated)
+    state_sharding = jax.tree.map(lambda a: a.sharding, state)
+    start_epoch, start_batch, history, best = 0, 0, [], {"val_resolution_deg": float("inf")}
+    run_id, skipped = None, 0
+    if source is not None:
+        state, meta = source.restore("last", state)
+        if source is not ckpt:
+            source.close()
+        start_epoch, start_batch = meta["position"]["epoch"], meta["position"]["batch"]
+        history, best = meta["history"], meta["best"]
+        run_id, skipped = meta.get("mlflow_run_id"), meta.get("nonfinite_skipped", 0)
+        print(
+            f"resumed from {source.root}/last at step {int(state['step'])}, epoch "
+            f"{start_epoch} batch {start_batch}",
+            flush=True,
+        )
+
+    # --- update step -------------------------------------------------------------------------
+    train_step = jax.jit(
+        make_train_step(apply_fn, tx, loss_fn, config),
+        in_shardings=(state_sharding, batch_sharding),
+        out_shardings=(state_sharding, replicated),
+        donate_argnums=(0,),
+    )
+    eval_step = jax.jit(
+        make_eval_step(apply_fn, loss_fn, config.train.bf16),
+        in_shardings=(state_sharding["ema"], batch_sharding),
+        out_shardings=(batch_sharding, batch_sharding),
+    )
+
+    tracker = Tracker(
+        workdir,
+        config.to_dict(),
+        mlflow_uri=config.tracking.mlflow_uri,
+        experiment=config.tracking.experiment,
+        run_id=run_id,
+        tensorboard=config.tracking.tensorboard,
+        enabled=is_main,
+    )
+
+    def save(which: str, epoch: int, batch: int) -> None:
+        ckpt.save(
+            which,
+            state,
+            {
+                "config": config.to_dict(),
+                "normaliser": data["normaliser"].to_dict(),
+                "split": data["split"].to_dict(),
+                "reweighter": data["reweighter"].to_dict() if data["reweighter"] else None,
+                "position": {"epoch": epoch, "batch": batch},
+                "history": history,
+                "best": best,
+                "mlflow_run_id": tracker.run_id,
+                "nonfinite_skipped": skipped,
+            },
+        )
+
+    n_params = count_params(params)
+    if is_main:
+        print(
+            f"{config.model.name}: {n_params:,} parameters; {jax.device_count()} devices; "
+            f"{steps_per_epoch} steps/epoch of {config.data.batch_size} events",
+            flush=True,
+        )
+        tracker.log_metrics({"n_params": n_params, "steps_per_epoch": steps_per_epoch}, 0)
+
+    # --- loop ----------------------------------------------------------------------------------
+    status, preempted, stop_epoch = "FINISHED", False, config.train.epochs
+    if config.train.stop_after_epoch > 0:
+        stop_epoch = min(stop_epoch, config.train.stop_after_epoch)
+    pending: list[tuple[int, dict]] = []  # (step, device metrics) not yet looked at
+
+    def check(epoch: int) -> list[float]:
+        """Host look at pending step metrics: the NaN guard; returns their finite losses."""
+        nonlocal skipped
+        got = jax.device_get(pending)
+        pending.clear()
+        bad = [s for s, m in got if not m["finite"]]
+        if bad and config.train.nan_policy == "stop":
+            last = ckpt.latest_step("last")
+            raise NonFiniteError(
+                f"non-finite loss or gradient at step(s) {bad[0]}..{bad[-1]} ({len(bad)} of "
+                f"steps {got[0][0]}..{got[-1][0]}, epoch {epoch}); stopped. Last good "
+                f"checkpoint: step {last} in {ckpt.root / 'last'}"
+            )
+        skipped += len(bad)
+        return [float(m["loss"]) for s, m in got if m["finite"]]
+
+    host_step = int(state["step"])  # mirrors state["step"] without waiting for the device
+    try:
+        with Preemption() as preemption:
+            for epoch in range(start_epoch, stop_epoch):
+                t_epoch, epoch_losses = time.time(), []
+                first = start_batch if epoch == start_epoch else 0
+                bar = _progress(config, is_main, epoch, steps_per_epoch, first)
+                batches = data["train"].epoch(epoch, skip_batches=first)
+                for b in range(first, steps_per_epoch):
+                    local = next(batches)
+                    step_no, host_step = host_step, host_step + 1
+                    state, m = train_step(state, to_global(local, batch_sharding))
+                    pending.append((step_no, m))
+                    if len(pending) >= 2:
+                        # at most 2 steps in flight: the bar shows computed (not queued) steps
+                        # and a preemption checkpoint never waits for a long queue to drain
+                        pending[-2][1]["loss"].block_until_ready()
+                    if len(pending) >= config.train.log_every or b == steps_per_epoch - 1:
+                        window = check(epoch)
+                        epoch_losses += window
+                        if window:
+                            tracker.log_scalars_tb(
+                                {
+                                    "train/step_loss": np.mean(window),
+                                    "lr": float(schedule(step_no)),
+                                },
+                                step_no,
+                            )
+                        if bar is not None:
+                            bar.set_postfix(loss=f"{np.mean(window):.4g}" if window else "nan")
+                    if bar is not None:
+                        bar.update(1)
+                    every = config.train.checkpoint_every_steps
+                    preempted = preemption.requested
+                    if preempted or (every > 0 and (step_no + 1) % every == 0):
+                        epoch_losses += check(epoch)
+                        save("last", epoch, b + 1)
+                        if preempted:
+                            status = "KILLED"
+                            break
+                if bar is not None:
+                    bar.close()
+                if preempted:
+                    break
+                n_events = (steps_per_epoch - first) * config.data.batch_size
+                row = {
+                    "epoch": epoch,
+                    "train_loss": float(np.mean(epoch_losses or [np.nan])),
+                    "lr": float(schedule(int(state["step"]))),
+                    "epoch_time": time.time() - t_epoch,
+                    "events_per_s": n_events / (time.time() - t_epoch),
+                    "nonfinite_skipped": skipped,
+                }
+                last_epoch = epoch + 1 == config.train.epochs
+                if (epoch + 1) % config.train.eval_every == 0 or last_epoch:
+                    row.update(evaluate(eval_step, state["ema"], data["val"], batch_sharding))
+                row.update(system_metrics())
+                history.append(row)
+                tracker.log_metrics({k: v for k, v in row.items() if k != "epoch"}, epoch)
+                if row.get("val_resolution_deg", np.inf) < best["val_resolution_deg"]:
+                    best = {k: row[k] for k in ("epoch", "val_resolution_deg", "val_loss")}
+                    save("best", epoch + 1, 0)
+                save("last", epoch + 1, 0)
+                if is_main:
+                    print(_epoch_line(row), flush=True)
+    except BaseException:
+        status = "FAILED"
+        raise
+    finally:
+        ckpt.wait()
+        ckpt.close()
+        summary = _summary(
+            config,
+            workdir,
+            host_step,
+            history,
+            best,
+            skipped,
+            preempted,
+            status,
+            time.time() - t_start,
+            n_params,
+        )
+        if is_main:
+            _write_json(workdir / "summary.json", summary)
+            _write_json(workdir / "config.json", config.to_dict())
+            tracker.log_artifact(workdir / "summary.json")
+            tracker.log_artifact(workdir / "config.json")
+            if history:
+                tracker.log_artifact(plot_history(history, workdir / "training_curves.png"))
+        tracker.close(status)
+    if config.train.export_onnx and not preempted and is_main:
+        from xecjax.export import export_run
+
+        export_run(workdir, workdir / "model.onnx", which="best", ema=True)
+    if is_main:
+        print("summary: " + json.dumps(summary, indent=1), flush=True)
+    return summary
+
+
+def _progress(config, is_main: bool, epoch: int, total: int, first: int):
+    """tqdm bar over the steps of an epoch, counting events (rate in events/s)."""
+    if not (is_main and config.train.progress):
+        return None
+    from tqdm import tqdm
+
+    return tqdm(total=total, initial=first, desc=f"epoch {epoch}", unit="ev",
+                unit_scale=config.data.batch_size, dynamic_ncols=True, leave=False)  # fmt: skip
+
+
+def _epoch_line(row: dict[str, float]) -> str:
+    text = f"epoch {row['epoch']}: train_loss {row['train_loss']:.4g}"
+    if "val_loss" in row:
+        text += (
+            f"  val_loss {row['val_loss']:.4g}  68% opening angle "
+            f"{row['val_resolution_deg']:.3f} deg  theta rms {row['theta_rms']:.3f}  "
+            f"phi rms {row['phi_rms']:.3f}"
+        )
+    return text + f"  {row['events_per_s']:.0f} events/s  {row['epoch_time']:.1f} s"
+
+
+def _summary(
+    config, workdir, step, history, best, skipped, preempted, status, wall_s, n_params
+) -> dict[str, Any]:
+    last = history[-1] if history else {}
+    evals = [h for h in history if "val_resolution_deg" in h]
+    return {
+        "workdir": str(Path(workdir).resolve()),
+        "model": config.model.name,
+        "variant": config.get("variant", ""),
+        "status": status,
+        "preempted": preempted,
+        "n_params": int(n_params),
+        "step": int(step),
+        "epochs_done": (last.get("epoch", -1) + 1),
+        "best": best,
+        "final": {
+            k: last[k]
+            for k in (
+                "train_loss",
+                "val_loss",
+                "val_resolution_deg",
+                "theta_bias",
+                "theta_rms",
+                "phi_bias",
+                "phi_rms",
+            )
+            if k in last
+        },
+        "val_resolution_deg": evals[-1]["val_resolution_deg"] if evals else None,
+        "events_per_s": float(np.mean([h["events_per_s"] for h in history])) if history else None,
+        "epoch_events_per_s": [round(h["events_per_s"], 1) for h in history],
+        "nonfinite_skipped": skipped,
+        "wall_time_s": round(wall_s, 1),
+    }
+
+
+def _write_json(path: Path, obj: Any) -> None:
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(obj, indent=1, default=str) + "\n")
+    tmp.replace(path)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Command-line entry point; 0 on success or after a preemption checkpoint."""
+    config, workdir = parse_command_line(sys.argv[1:] if argv is None else argv)
+    maybe_initialize_distributed()
+    try:
+        train_and_evaluate(config, workdir)
+    except NonFiniteError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
