@@ -63,6 +63,9 @@ HEX_MAX_DEGREE = 6
 SIPM_AREA = 2 * 2 * 0.590**2  # 2x2 chips of 5.90 mm: 1.392 cm^2
 PMT_AREA = np.pi * 2.25**2  # photocathode radius 2.25 cm
 
+# Acceptance of gammas from the origin (degrees): theta in [62.7, 117.3], |phi| <= 62.8.
+ACCEPTANCE_CENTER_DEG = (90.0, 0.0)  # (theta, phi)
+
 # Fiducial volume (uvw, cm) used in analyses.
 FIDUCIAL_U = 23.9
 FIDUCIAL_V = 67.9

@@ -171,6 +171,11 @@ class RegressionHead(nnx.Module):
         self.fc1 = dense(din, hidden, dtype, rngs)
         self.norm = layer_norm(hidden, LN_EPS_TORCH, dtype, rngs)
         self.fc2 = dense(hidden, dout, dtype, rngs)
+        # Start at the centre of the acceptance rather than at (0, 0): the angles are regressed
+        # in degrees (theta ~ 90), which a zero bias would take thousands of steps to reach.
+        bias = np.zeros(dout, np.float32)
+        bias[:2] = geometry.ACCEPTANCE_CENTER_DEG
+        self.fc2.bias[...] = jnp.asarray(bias, self.fc2.bias[...].dtype)
         self.dropout = dropout
 
     def __call__(self, x: jax.Array, *, train: bool, rng: jax.Array | None) -> jax.Array:
