@@ -26,7 +26,7 @@ from xecjax.models.layers import (
     layer_norm,
     split_rng,
 )
-from xecjax.models.regressor import RegressionHead, compute_dtype, output_dim
+from xecjax.models.regressor import RegressionHead, check_input, compute_dtype, output_dim
 
 POOLINGS = ("mean", "attention")
 
@@ -113,8 +113,7 @@ class SensorGraphModel(nnx.Module):
         self, x: jax.Array, *, train: bool = False, rng: jax.Array | None = None
     ) -> jax.Array:
         """x [B, 4760, 2] normalised -> [B, 2 | 4] float32 (theta, phi in degrees, ...)."""
-        if x.ndim != 3 or x.shape[1:] != (geometry.N_SENSORS, 2):
-            raise ValueError(f"model input must be [B, {geometry.N_SENSORS}, 2], got {x.shape}")
+        check_input(x)
         r_blocks, r_head = split_rng(rng, 2)
         x = x.astype(self.dtype)
         geo = jnp.broadcast_to(

@@ -143,8 +143,7 @@ class XECRegressor(nnx.Module):
         self, x: jax.Array, *, train: bool = False, rng: jax.Array | None = None
     ) -> jax.Array:
         """x [B, 4760, 2] normalised -> [B, 2 | 4] float32 (degrees; log sigma in log-degrees)."""
-        if x.ndim != 3 or x.shape[1:] != (geometry.N_SENSORS, 2):
-            raise ValueError(f"model input must be [B, {geometry.N_SENSORS}, 2], got {x.shape}")
+        check_input(x)
         r_cnn, r_hex, r_fusion, r_head = split_rng(rng, 4)
         faces = gather_faces(x.astype(self.dtype), self.outer_mode)
         # One backbone / hex-encoder call per face. (Batch-concatenating equal-shape faces
@@ -162,6 +161,12 @@ class XECRegressor(nnx.Module):
             tokens = layer(tokens, train=train, rng=key)
         out = self.head(tokens.reshape(tokens.shape[0], -1), train=train, rng=r_head)
         return out.astype(jnp.float32)
+
+
+def check_input(x: jax.Array) -> None:
+    """Every model takes the normalised detector input [B, 4760, 2]; anything else is an error."""
+    if x.ndim != 3 or x.shape[1:] != (geometry.N_SENSORS, 2):
+        raise ValueError(f"model input must be [B, {geometry.N_SENSORS}, 2], got {x.shape}")
 
 
 class RegressionHead(nnx.Module):
