@@ -7,7 +7,7 @@ Variants: `configs/convnext.py:toy` (CPU minutes on the embedded toy data),
 Expected (toy, measured on the 2-core CPU machine): 8 epochs of 3,200 point-vertex toy
 events, ~35 events/s, 13-14 min including data generation; validation 68 % opening
 angle 5.8 deg (most epochs go into learning the theta ~ 90 deg output offset).
-Resume a run: `--config.train.resume=auto` (same --workdir).
+Resume a run: `--config.resume=auto` (same --workdir).
 """
 
 import ml_collections

@@ -4,7 +4,7 @@ Train (reference size, GPU):
   python -m xecjax.train --config configs/graph.py --workdir runs/graph
 Variants: `configs/graph.py:toy` (CPU minutes on the embedded toy data),
 `configs/graph.py:smoke` (tests, seconds). Overrides: `--config.optim.lr=8e-4`.
-Resume a run: `--config.train.resume=auto` (same --workdir).
+Resume a run: `--config.resume=auto` (same --workdir).
 """
 
 import ml_collections

@@ -59,7 +59,7 @@ def test_submit_dry_run_multi_node(tmp_path):
     srun = [ln for ln in out.splitlines() if ln.startswith("srun ")]
     assert len(srun) == 1
     assert "python -m xecjax.train --config configs/convnext.py:toy --workdir runs/run1" in srun[0]
-    assert "--config.train.resume=auto --config.optim.lr=8e-4" in srun[0]
+    assert "--config.resume=auto --config.optim.lr=8e-4" in srun[0]
     assert r"--config.data.path=/data/my\ files/\*.root" in srun[0]  # quoted for bash
     assert "uname -m" in out  # architecture picks the environment
     # the generated batch script itself is clean bash

@@ -141,6 +141,32 @@ def test_shuffling_and_determinism(toy):
     assert np.all(np.diff(ordered[:EVENTS_PER_FILE]) > 0)
 
 
+@pytest.mark.parametrize(
+    ("n_events", "batch", "shuffle"), [(None, 100, True), (None, 200, False), (30, 64, True)]
+)
+def test_process_slices_make_up_the_single_process_batches(toy, n_events, batch, shuffle):
+    """Each of 2 processes yields its half of every global batch; together: one process's.
+
+    480 events in batches of 100: the last holds 80 (50 + 30); of 200: 80 (80 + 0, all padding
+    for process 1); 30 events in a batch of 64: process 1 gets nothing at all in the epoch.
+    """
+    import dataclasses
+
+    srcs = _whole(toy)
+    if n_events is not None:
+        srcs = [dataclasses.replace(srcs[0], stop=srcs[0].start + n_events)]
+    kw = dict(batch_size=batch, seed=3, shuffle=shuffle, drop_remainder=False, channel_dropout=0.1)
+    one = list(_loader(srcs, **kw).epoch(1))
+    parts = [list(_loader(srcs, process_index=r, process_count=2, **kw).epoch(1)) for r in (0, 1)]
+    assert len(parts[0]) == len(parts[1]) == len(one) > 0
+    for whole, a, b in zip(one, *parts, strict=True):
+        assert a["x"].shape == b["x"].shape == (batch // 2, 4760, 2)
+        for key in whole:
+            np.testing.assert_array_equal(np.concatenate([a[key], b[key]]), whole[key], key)
+    with pytest.raises(ValueError, match="multiple of 2 processes"):
+        _loader(srcs, batch_size=33, process_count=2)
+
+
 def test_resume_equals_tail(toy):
     rw = Reweighter.fit(_whole(toy), "theta", bins=10)
     loader = _loader(_whole(toy), seed=4, channel_dropout=0.1, reweighter=rw)

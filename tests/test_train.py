@@ -52,8 +52,9 @@ def base(tmp_path_factory):
     jax.config.update("jax_compilation_cache_dir", None)
 
 
-def smoke_config(base: Path, **train):
+def smoke_config(base: Path, resume: str = "", **train):
     config = load_config(CONFIG)
+    config.resume = resume
     config.data.toy_dir = str(base / "toy")
     config.tracking.mlflow_uri = f"sqlite:///{base / 'mlruns.db'}"
     config.train.progress = False
@@ -207,6 +208,51 @@ def test_two_fake_devices_give_the_parameters_of_one(base, runs):
     assert "2 devices" in done.stdout
     params_1, _ = restore_last(base / "B_after_2_epochs")
     params_2, _ = restore_last(base / "two_devices", like=params_1)
+    assert max_diff(params_1, params_2) < 1e-4
+
+
+def test_two_processes_give_the_parameters_of_one(base, runs):
+    """Two Python processes (jax.distributed, coordinator on 127.0.0.1, one CPU device each,
+    gloo collectives) train on the same global batches as the single-process run B."""
+    import re
+    import socket
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    cmd = [
+        sys.executable,
+        "-m",
+        "xecjax.train",
+        "--workdir",
+        str(base / "two_processes"),
+        *overrides(base, stop_after_epoch=2),
+    ]
+    procs = []
+    for rank in range(2):
+        env = subprocess_env(
+            base,
+            JAX_COORDINATOR_ADDRESS=f"127.0.0.1:{port}",
+            XECJAX_NUM_PROCESSES="2",
+            XECJAX_PROCESS_ID=str(rank),
+            XLA_FLAGS="",
+        )
+        procs.append(
+            subprocess.Popen(
+                cmd, env=env, cwd=base, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+            )  # fmt: skip
+        )
+    outputs = [p.communicate(timeout=900)[0] for p in procs]
+    for p, out in zip(procs, outputs, strict=True):
+        assert p.returncode == 0, out[-3000:]
+    assert "2 devices" in outputs[0]
+    digests = [
+        re.findall(rf"process {r}/2: parameters sha256 (\w+)", out) for r, out in enumerate(outputs)
+    ]
+    assert len(digests[0]) == 1 and digests[0] == digests[1]  # both replicas bit-identical
+    params_1, _ = restore_last(base / "B_after_2_epochs")
+    params_2, meta = restore_last(base / "two_processes", like=params_1)
+    assert meta["position"] == {"epoch": 2, "batch": 0}
     assert max_diff(params_1, params_2) < 1e-4
 
 

@@ -7,7 +7,7 @@
 #
 # One process per node driving all its GPUs (default) or one per GPU (--per-gpu), started with
 # srun so that jax.distributed.initialize() reads Slurm's variables. The job always passes
-# --config.train.resume=auto: resubmitting the same RUN_NAME continues from runs/RUN_NAME's last
+# --config.resume=auto: resubmitting the same RUN_NAME continues from runs/RUN_NAME's last
 # checkpoint. SIGTERM is sent 120 s before the time limit; training saves and exits 0, and the
 # job requeues itself when it was preempted. --dry-run prints the batch script instead.
 set -euo pipefail
@@ -120,7 +120,7 @@ export LD_LIBRARY_PATH=\"\${nv:+\$nv:}\${LD_LIBRARY_PATH:-}\"
 export PYTHONUNBUFFERED=1
 
 echo \"job \$SLURM_JOB_ID on \$SLURM_JOB_NODELIST (\$arch), \$SLURM_NTASKS processes\"
-srun --kill-on-bad-exit=1 python -m xecjax.train --config $(printf '%q' "$config") --workdir $workdir --config.train.resume=auto$quoted_overrides
+srun --kill-on-bad-exit=1 python -m xecjax.train --config $(printf '%q' "$config") --workdir $workdir --config.resume=auto$quoted_overrides
 "
 
 if [[ $dry_run -eq 1 ]]; then

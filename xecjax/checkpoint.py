@@ -42,11 +42,23 @@ class Checkpointer:
 
     def __init__(self, workdir: str | Path, *, async_save: bool = True) -> None:
         self.root = Path(workdir).resolve() / "checkpoints"
-        options = ocp.CheckpointManagerOptions(
-            max_to_keep=1, create=True, enable_async_checkpointing=async_save
-        )
+
+        def options(which: str) -> ocp.CheckpointManagerOptions:
+            # Multi-process saves synchronise on barriers named by step: `last` and `best` of
+            # the same step need their own names.
+            return ocp.CheckpointManagerOptions(
+                max_to_keep=1,
+                create=True,
+                enable_async_checkpointing=async_save,
+                multiprocessing_options=ocp.options.MultiprocessingOptions(
+                    barrier_sync_key_prefix=which
+                ),
+            )
+
         self.managers = {
-            which: ocp.CheckpointManager(self.root / which, options=options, item_names=ITEMS)
+            which: ocp.CheckpointManager(
+                self.root / which, options=options(which), item_names=ITEMS
+            )
             for which in WHICH
         }
 

@@ -143,6 +143,7 @@ def experiment_config(
     c = ml_collections.ConfigDict()
     c.variant = variant
     c.model = get_model_config(variant)
+    c.resume = ""  # "" = fresh (refuses a workdir with checkpoints) | auto | PATH
     events, files, batch, epochs, peak_lr = SIZES[variant]
     lr = (lr or {}).get(variant, peak_lr)
 
@@ -204,7 +205,6 @@ def experiment_config(
     c.train.eval_every = 1  # validate (EMA parameters) every N epochs and at the end
     c.train.log_every = 50  # steps between TensorBoard train-loss points
     c.train.checkpoint_every_steps = 0  # extra `last` checkpoints within an epoch; 0 = epoch ends
-    c.train.resume = ""  # "" = fresh (refuses a workdir with checkpoints) | auto | PATH
     c.train.bf16 = False  # bfloat16 compute (parameters and optimiser stay float32)
     c.train.nan_policy = "stop"  # stop (keep the last good checkpoint) | skip (drop the batch)
     c.train.debug_nan_step = -1  # tests: make the loss NaN at this global step; -1 = off

@@ -452,9 +452,12 @@ class Loader:
     always "run", "event" int32 [B], "weight" float32 [B] (1 unless reweighting, 0 on padding),
     "valid" bool [B]; plus `extra_branches` (e.g. reconstructed quantities of real data) under
     their own names. With drop_remainder=False the last batch is padded to B rows (valid False,
-    x = sentinels) so shapes never change. Events with non-finite truth and, with fiducial=True,
-    events outside the fiducial volume (uvwTruth) are removed when the Loader is built; epochs
-    and `num_batches` count the remaining events.
+    x = sentinels) so shapes never change. With process_count > 1, batch_size is the global
+    batch: every process plans the same epoch and yields its own contiguous slice of
+    batch_size / process_count rows of every global batch (reading only the rows it needs),
+    so N processes see exactly the batches of one. Events with non-finite truth and, with
+    fiducial=True, events outside the fiducial volume (uvwTruth) are removed when the Loader is
+    built; epochs and `num_batches` count the remaining events.
     """
 
     def __init__(
@@ -476,6 +479,8 @@ class Loader:
         truth: bool = True,
         extra_branches: Sequence[str] = (),
         tree: str = "tree",
+        process_index: int = 0,
+        process_count: int = 1,
     ):
         for name, v, lo in (
             ("batch_size", batch_size, 1),
@@ -492,6 +497,13 @@ class Loader:
             raise ValueError("fiducial cut and reweighting need the truth branches (truth=True)")
         if not sources:
             raise ValueError("Loader needs at least one Source")
+        if process_count < 1 or not 0 <= process_index < process_count:
+            raise ValueError(f"Loader process {process_index} of {process_count}: out of range")
+        if batch_size % process_count:
+            raise ValueError(
+                f"Loader batch_size {batch_size} is not a multiple of {process_count} processes"
+            )
+        self.rank, self.local_batch = int(process_index), int(batch_size) // int(process_count)
         self.normaliser, self.batch_size = normaliser, int(batch_size)
         self.shuffle, self.seed, self.shuffle_buffer = shuffle, int(seed), int(shuffle_buffer)
         self.chunk_size, self.drop_remainder = int(chunk_size), drop_remainder
@@ -635,15 +647,18 @@ class Loader:
             put(e)
 
     def _run(self, epoch: int, skip: int, put, stop: threading.Event) -> None:
-        b, nb = self.batch_size, self.num_batches()
+        b, nb, lb = self.batch_size, self.num_batches(), self.local_batch
         order, offsets, perm, ready = self._plan(epoch)
         need = np.zeros(self._n, bool)
-        need[order[skip * b : min(nb * b, self._n)]] = True
+        pos = np.arange(skip * b, min(nb * b, self._n))
+        need[order[pos[(pos % b) // lb == self.rank]]] = True  # this process's slices
         tasks = collections.deque()  # (step, chunk, needed rows among the chunk's used events)
         for s, ci in enumerate(perm):
             rows = np.flatnonzero(need[offsets[s] : offsets[s + 1]])
             if len(rows):
                 tasks.append((s, ci, rows))
+        if not tasks and skip < nb:  # only padding for this process: one row as a template
+            tasks.append((0, perm[0], np.zeros(1, np.int64)))
         cap = (self.shuffle_buffer if self.shuffle else 0) + b
         cap += max((c.n for c in self._chunks), default=0)
         slot_of = np.full(self._n, -1, np.int64)
@@ -663,13 +678,14 @@ class Loader:
 
             def emit(j: int) -> bool:
                 nonlocal top
-                slots = slot_of[order[j * b : min((j + 1) * b, self._n)]]
+                lo = j * b + self.rank * lb
+                slots = slot_of[order[lo : max(lo, min(lo + lb, self._n))]]
                 batch = {k: v[slots] for k, v in pool.items()}
                 free[top : top + len(slots)] = slots
                 top += len(slots)
-                batch["valid"] = np.arange(b) < len(slots)
-                if len(slots) < b:
-                    batch = {k: self._pad(k, v, b) for k, v in batch.items()}
+                batch["valid"] = np.arange(lb) < len(slots)
+                if len(slots) < lb:
+                    batch = {k: self._pad(k, v, lb) for k, v in batch.items()}
                 return put(batch)
 
             try:

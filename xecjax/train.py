@@ -7,7 +7,7 @@ With no data path configured the embedded toy data set is generated once (xecjax
 the git-ignored cache config.data.toy_dir and reused. The story of `train_and_evaluate` follows
 the banner comments: mesh, data, model + optimizer, update step, restore, evaluation, loop.
 
-Resume order (`--config.train.resume`): "" starts fresh and refuses a workdir that already has
+Resume order (`--config.resume`): "" starts fresh and refuses a workdir that already has
 checkpoints; "auto" continues from <workdir>/checkpoints/last when it exists (fresh otherwise;
 what Slurm resubmissions use); a PATH (workdir or checkpoint dir) continues from that run. A
 resumed run restores parameters, EMA, optimiser state (hence the schedule), step, RNG, data
@@ -18,6 +18,7 @@ epochs + resume 2 gives the parameters of 4 epochs in one go.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import os
 import signal
@@ -53,14 +54,33 @@ _DISTRIBUTED = False
 
 
 def maybe_initialize_distributed() -> None:
-    """jax.distributed.initialize() under Slurm with several tasks (it reads Slurm's variables)."""
+    """jax.distributed.initialize() when launched as one of several processes, else nothing.
+
+    Under Slurm (srun with several tasks) JAX reads Slurm's variables. Elsewhere set
+    JAX_COORDINATOR_ADDRESS=host:port, XECJAX_NUM_PROCESSES and XECJAX_PROCESS_ID (e.g. two
+    processes on one machine). CPU devices talk over gloo; GPUs use NCCL.
+    """
     global _DISTRIBUTED
-    several = (
-        int(os.environ.get("SLURM_NTASKS", "1")) > 1 or "JAX_COORDINATOR_ADDRESS" in os.environ
-    )
-    if several and not _DISTRIBUTED:
+    if _DISTRIBUTED:
+        return
+    explicit = "XECJAX_NUM_PROCESSES" in os.environ
+    if not explicit and int(os.environ.get("SLURM_NTASKS", "1")) <= 1:
+        return
+    jax.config.update("jax_cpu_collectives_implementation", "gloo")
+    if explicit:
+        try:
+            n_proc = int(os.environ["XECJAX_NUM_PROCESSES"])
+            rank = int(os.environ["XECJAX_PROCESS_ID"])
+            address = os.environ["JAX_COORDINATOR_ADDRESS"]
+        except (KeyError, ValueError) as e:
+            raise ValueError(
+                "XECJAX_NUM_PROCESSES needs integer XECJAX_PROCESS_ID and "
+                f"JAX_COORDINATOR_ADDRESS=host:port in the environment ({e})"
+            ) from None
+        jax.distributed.initialize(address, num_processes=n_proc, process_id=rank)
+    else:
         jax.distributed.initialize()
-        _DISTRIBUTED = True
+    _DISTRIBUTED = True
 
 
 def make_mesh() -> jax.sharding.Mesh:
@@ -122,18 +142,21 @@ def make_data(config: ml_collections.ConfigDict, meta: dict[str, Any] | None) ->
             f"config.data.batch_size = {d.batch_size} is not a multiple of the "
             f"{jax.device_count()} devices"
         )
+    # Every process plans the same global batches and takes its slice of each, so N processes
+    # train on exactly the batches of one.
     common = dict(
         chunk_size=d.chunk_size,
         reweighter=reweighter,
         fiducial=d.fiducial,
         prefetch=d.prefetch,
         workers=d.workers,
+        process_index=rank,
+        process_count=n_proc,
     )
-    local_batch = d.batch_size // n_proc
     train = Loader(
-        shard_sources(split.train, rank, n_proc),
+        split.train,
         normaliser,
-        local_batch,
+        d.batch_size,
         shuffle=True,
         seed=config.train.seed,
         shuffle_buffer=d.shuffle_buffer,
@@ -141,9 +164,9 @@ def make_data(config: ml_collections.ConfigDict, meta: dict[str, Any] | None) ->
         **common,
     )
     val = Loader(
-        shard_sources(split.val, rank, n_proc),
+        split.val,
         normaliser,
-        local_batch,
+        d.batch_size,
         shuffle=False,
         drop_remainder=False,
         **common,
@@ -164,18 +187,6 @@ def make_normaliser(norm_cfg: ml_collections.ConfigDict):
             f"config.norm: unknown Normaliser fields {unknown}; known: {sorted(fields)}"
         )
     return dataclasses.replace(base, **overrides)
-
-
-def shard_sources(sources: list, rank: int, n_proc: int) -> list:
-    """This process's share: every source's event range cut into n_proc contiguous pieces."""
-    if n_proc == 1:
-        return list(sources)
-    out = []
-    for s in sources:
-        edges = np.linspace(s.start, s.stop, n_proc + 1).astype(int)
-        if edges[rank + 1] > edges[rank]:
-            out.append(dataclasses.replace(s, start=int(edges[rank]), stop=int(edges[rank + 1])))
-    return out
 
 
 def agree(value: int, reduce=min) -> int:
@@ -248,15 +259,8 @@ def make_eval_step(apply_fn, loss_fn, bf16: bool):
 
 def evaluate(eval_step, params, loader, batch_sharding: NamedSharding) -> dict[str, float]:
     """val_loss (the training loss on EMA parameters) and the angle metrics over the val set."""
-    n_local = agree(loader.num_batches(), max)
     preds, trues, per_sample, weights, valid = [], [], [], [], []
-    it = loader.epoch(0)
-    template = None
-    for _ in range(n_local):
-        local = next(it, None)
-        if local is None:  # this process ran out: feed padding so every process steps together
-            local = {k: np.zeros_like(v) for k, v in template.items()}
-        template = template or local
+    for local in loader.epoch(0):  # the same number of batches on every process
         batch = to_global(local, batch_sharding)
         pred, loss = eval_step(params, batch)
         for out, a in (
@@ -344,12 +348,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
     # --- restore point -----------------------------------------------------------------------
     ckpt = Checkpointer(workdir)
     source = None  # the Checkpointer to resume from
-    resume = config.train.resume
+    resume = config.resume
     if resume == "":
         if ckpt.latest_step("last") is not None:
             raise FileExistsError(
                 f"{workdir} already holds checkpoints: resume with "
-                f"--config.train.resume=auto or choose another --workdir"
+                f"--config.resume=auto or choose another --workdir"
             )
     elif resume == "auto":
         source = ckpt if ckpt.latest_step("last") is not None else None
@@ -369,7 +373,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
                 f"{meta['config']['model']} != {model_now}"
             )
     data = make_data(config, meta)
-    steps_per_epoch = agree(data["train"].num_batches(), min)
+    steps_per_epoch = data["train"].num_batches()  # the same on every process
     if steps_per_epoch == 0:
         raise ValueError(f"fewer training events than one batch ({config.data.batch_size})")
 
@@ -571,7 +575,21 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
         export_run(workdir, workdir / "model.onnx", which="best", ema=True)
     if is_main:
         print("summary: " + json.dumps(summary, indent=1), flush=True)
+    if jax.process_count() > 1:  # each process's own copy: replicas must agree bit for bit
+        print(
+            f"process {jax.process_index()}/{jax.process_count()}: parameters sha256 "
+            f"{params_digest(state['params'])}",
+            flush=True,
+        )
     return summary
+
+
+def params_digest(params: Any) -> str:
+    """sha256 of this process's local copy of replicated parameters (leaves in tree order)."""
+    h = hashlib.sha256()
+    for leaf in jax.tree.leaves(params):
+        h.update(np.ascontiguousarray(leaf.addressable_shards[0].data).tobytes())
+    return h.hexdigest()
 
 
 def _progress(config, is_main: bool, epoch: int, total: int, first: int):
