@@ -1,5 +1,7 @@
 """Cluster tooling: shell scripts lint clean, dry-runs generate the expected Slurm jobs."""
 
+import os
+import platform
 import shutil
 import subprocess
 import sys
@@ -9,7 +11,7 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 TOOLS = ROOT / "tools"
-SCRIPTS = sorted(TOOLS.glob("*.sh"))
+SCRIPTS = sorted(TOOLS.glob("*.sh")) + [ROOT / "env_setting" / "activate.sh"]
 
 
 def _run(*args, **kw):
@@ -61,11 +63,26 @@ def test_submit_dry_run_multi_node(tmp_path):
     assert "python -m xecjax.train --config configs/convnext.py:toy --workdir runs/run1" in srun[0]
     assert "--config.resume=auto --config.optim.lr=8e-4" in srun[0]
     assert r"--config.data.path=/data/my\ files/\*.root" in srun[0]  # quoted for bash
-    assert "uname -m" in out  # architecture picks the environment
+    assert "source env_setting/activate.sh" in out  # architecture picks the environment
     # the generated batch script itself is clean bash
     script = tmp_path / "job.sbatch"
     script.write_text(out)
     _shellcheck(script)
+
+
+def test_activate_picks_the_environment_of_the_node_architecture(tmp_path):
+    arch = platform.machine()
+    env = tmp_path / f"xecjax-{arch}" / "bin"
+    env.mkdir(parents=True)
+    (env / "activate").write_text(f"export PICKED={arch}-venv\n")
+    res = _run(
+        "bash",
+        "-c",
+        "set -euo pipefail; source env_setting/activate.sh; echo $PICKED $XECJAX_ARCH",
+        env={**os.environ, "XECJAX_ENV_DIR": str(tmp_path)},
+    )
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.split() == [f"{arch}-venv", arch]
 
 
 def test_submit_dry_run_per_gpu():

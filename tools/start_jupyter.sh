@@ -44,15 +44,8 @@ script="#!/bin/bash
 #SBATCH --output=$logdir/jupyter-%j.out
 set -euo pipefail
 cd $(printf '%q' "$repo")
-arch=\$(uname -m)
-env_dir=\"\${XECJAX_ENV_DIR:-\$HOME/envs}/xecjax-\$arch\"
-if [[ -f \"\$env_dir/bin/activate\" ]]; then
-  # shellcheck source=/dev/null
-  source \"\$env_dir/bin/activate\"
-else
-  eval \"\$(conda shell.bash hook)\"
-  conda activate \"xecjax-\$arch\"
-fi
+# shellcheck source=/dev/null
+source env_setting/activate.sh  # the environment of this node's architecture
 jupyter lab --no-browser --ip=0.0.0.0 --port=$port
 "
 

@@ -103,23 +103,10 @@ $gpu_lines
 set -euo pipefail
 cd $(printf '%q' "$repo")
 
-# The node's architecture picks the environment: a venv \$XECJAX_ENV_DIR/xecjax-<arch>, else the
-# conda environment xecjax-<arch> (env_setting/ builds both).
-arch=\$(uname -m)
-env_dir=\"\${XECJAX_ENV_DIR:-\$HOME/envs}/xecjax-\$arch\"
-if [[ -f \"\$env_dir/bin/activate\" ]]; then
-  # shellcheck source=/dev/null
-  source \"\$env_dir/bin/activate\"
-else
-  eval \"\$(conda shell.bash hook)\"
-  conda activate \"xecjax-\$arch\"
-fi
-# CUDA/cuDNN libraries of the pip NVIDIA wheels, for onnxruntime-gpu (jax finds them itself).
-nv=\$(python -c 'import nvidia, os; p = nvidia.__path__[0]; print(\":\".join(os.path.join(p, d, \"lib\") for d in sorted(os.listdir(p))))' 2>/dev/null || true)
-export LD_LIBRARY_PATH=\"\${nv:+\$nv:}\${LD_LIBRARY_PATH:-}\"
-export PYTHONUNBUFFERED=1
+# shellcheck source=/dev/null
+source env_setting/activate.sh  # the environment of this node's architecture
 
-echo \"job \$SLURM_JOB_ID on \$SLURM_JOB_NODELIST (\$arch), \$SLURM_NTASKS processes\"
+echo \"job \$SLURM_JOB_ID on \$SLURM_JOB_NODELIST (\$XECJAX_ARCH), \$SLURM_NTASKS processes\"
 srun --kill-on-bad-exit=1 python -m xecjax.train --config $(printf '%q' "$config") --workdir $workdir --config.resume=auto$quoted_overrides
 "
 
