@@ -122,7 +122,7 @@ VARIANTS = ("default", "toy", "smoke")
 # Per variant: (toy events, toy files, batch size, epochs, peak lr).
 SIZES = {
     "default": (20000, 4, 256, 60, 5e-4),
-    "toy": (4000, 5, 32, 8, 2e-3),
+    "toy": (3600, 5, 32, 7, 2e-3),
     "smoke": (320, 1, 16, 2, 2e-3),
 }
 
