@@ -26,7 +26,7 @@ from xecjax.models.layers import (
     layer_norm,
     split_rng,
 )
-from xecjax.models.regressor import RegressionHead, check_input, compute_dtype, output_dim
+from xecjax.models.regressor import RegressionHead, check_input, compute_dtype
 
 POOLINGS = ("mean", "attention")
 
@@ -99,14 +99,7 @@ class SensorGraphModel(nnx.Module):
         )
         self.out_norm = layer_norm(dim, LN_EPS_TORCH, dtype, rngs)
         self.pool_score = dense(dim, 1, dtype, rngs) if self.pooling == "attention" else None
-        self.head = RegressionHead(
-            dim,
-            int(cfg.head_hidden),
-            output_dim(cfg),
-            dropout=float(cfg.head_dropout),
-            dtype=dtype,
-            rngs=rngs,
-        )
+        self.head = RegressionHead.from_config(dim, cfg, dtype=dtype, rngs=rngs)
         self.dtype = dtype
 
     def __call__(

@@ -129,14 +129,7 @@ class XECRegressor(nnx.Module):
             )
             for _ in range(int(cfg.num_layers))
         )
-        self.head = RegressionHead(
-            len(self.tokens) * d,
-            int(cfg.head_hidden),
-            output_dim(cfg),
-            dropout=float(cfg.head_dropout),
-            dtype=dtype,
-            rngs=rngs,
-        )
+        self.head = RegressionHead.from_config(len(self.tokens) * d, cfg, dtype=dtype, rngs=rngs)
         self.dtype = dtype
 
     def __call__(
@@ -182,6 +175,20 @@ class RegressionHead(nnx.Module):
         bias[:2] = geometry.ACCEPTANCE_CENTER_DEG
         self.fc2.bias[...] = jnp.asarray(bias, self.fc2.bias[...].dtype)
         self.dropout = dropout
+
+    @classmethod
+    def from_config(
+        cls, din: int, cfg: ml_collections.ConfigDict, *, dtype, rngs: nnx.Rngs
+    ) -> RegressionHead:
+        """The head every model family ends in: sizes from model.head_hidden / head_dropout."""
+        return cls(
+            din,
+            int(cfg.head_hidden),
+            output_dim(cfg),
+            dropout=float(cfg.head_dropout),
+            dtype=dtype,
+            rngs=rngs,
+        )
 
     def __call__(self, x: jax.Array, *, train: bool, rng: jax.Array | None) -> jax.Array:
         h = gelu(self.norm(self.fc1(x)))
