@@ -90,6 +90,18 @@ def runs(base):
     return {"A": summary_a, "B": summary_b}
 
 
+def train_command(base: Path, workdir: Path, **train) -> list[str]:
+    """`python -m xecjax.train` on the smoke config (for subprocesses)."""
+    return [
+        sys.executable,
+        "-m",
+        "xecjax.train",
+        "--workdir",
+        str(workdir),
+        *overrides(base, **train),
+    ]
+
+
 def subprocess_env(base: Path, **extra) -> dict:
     """Environment of a training subprocess sharing the compilation cache of this module."""
     return dict(
@@ -195,14 +207,7 @@ def test_nan_guard_stops_with_the_step_range_and_keeps_the_checkpoint(base, runs
 
 def test_two_fake_devices_give_the_parameters_of_one(base, runs):
     env = subprocess_env(base, XLA_FLAGS="--xla_force_host_platform_device_count=2")
-    cmd = [
-        sys.executable,
-        "-m",
-        "xecjax.train",
-        "--workdir",
-        str(base / "two_devices"),
-        *overrides(base, stop_after_epoch=2),
-    ]
+    cmd = train_command(base, base / "two_devices", stop_after_epoch=2)
     done = subprocess.run(cmd, env=env, cwd=base, capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stderr[-3000:]
     assert "2 devices" in done.stdout
@@ -220,14 +225,7 @@ def test_two_processes_give_the_parameters_of_one(base, runs):
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         port = sock.getsockname()[1]
-    cmd = [
-        sys.executable,
-        "-m",
-        "xecjax.train",
-        "--workdir",
-        str(base / "two_processes"),
-        *overrides(base, stop_after_epoch=2),
-    ]
+    cmd = train_command(base, base / "two_processes", stop_after_epoch=2)
     procs = []
     for rank in range(2):
         env = subprocess_env(
@@ -260,14 +258,7 @@ def test_sigterm_saves_a_resumable_checkpoint_and_exits_0(base, runs):
     work = base / "preempted"
     # on 2 devices, so that it reuses the compilation of the test above
     env = subprocess_env(base, XLA_FLAGS="--xla_force_host_platform_device_count=2")
-    cmd = [
-        sys.executable,
-        "-m",
-        "xecjax.train",
-        "--workdir",
-        str(work),
-        *overrides(base, checkpoint_every_steps=3),
-    ]
+    cmd = train_command(base, work, checkpoint_every_steps=3)
     proc = subprocess.Popen(
         cmd, env=env, cwd=base, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
     )
