@@ -122,6 +122,28 @@ def test_parity_with_jax(exported):
     assert np.median(list(diffs.values())) <= 1e-4
 
 
+def test_graph_uses_the_fast_onnxruntime_kernels(exported, tmp_path):
+    """The smoke model trains with the toeplitz depthwise conv; its graph must hold grouped Conv
+    nodes, native LayerNormalization, and GELUs that onnxruntime fuses into one Gelu kernel (the
+    forms that made the reference-size model 244 -> ~40 ms at batch 1, tools/bench.py onnx)."""
+    model_cfg = exported["ckpt"][0]
+    assert model_cfg.dwconv == "toeplitz"
+    graph = onnx.load(exported["normalised"]).graph
+    groups = [
+        a.i for n in graph.node if n.op_type == "Conv" for a in n.attribute if a.name == "group"
+    ]
+    depthwise = [g for g in groups if g > 1]  # the stem is a plain (group 1) Conv
+    assert len(depthwise) >= sum(model_cfg.cnn_depths)  # every block, once per face call
+    assert set(depthwise) == set(model_cfg.cnn_dims)
+    ops = {n.op_type for n in graph.node}
+    assert "LayerNormalization" in ops and "ReduceMin" not in ops  # not the explicit LN graph
+    opts = ort.SessionOptions()
+    opts.optimized_model_filepath = str(tmp_path / "optimized.onnx")
+    ort.InferenceSession(str(exported["normalised"]), opts, providers=["CPUExecutionProvider"])
+    fused = {n.op_type for n in onnx.load(opts.optimized_model_filepath).graph.node}
+    assert "Gelu" in fused and "Erf" not in fused
+
+
 def test_raw_input_equals_normaliser_plus_model(exported, toy):
     _, normaliser, params, apply_fn = exported["raw_ckpt"]
     raw = np.stack([toy["npho"], toy["relative_time"]], -1).astype(np.float32)
