@@ -36,11 +36,17 @@ from pathlib import Path
 
 import numpy as np
 
-from xecjax.data import DataError, check_branches, discover_files, open_tree, read_arrays
 from xecjax.evaluate import val_tree_columns
 from xecjax.geometry import N_SENSORS
 from xecjax.normalise import Normaliser
-from xecjax.rootio import TreeWriter
+from xecjax.rootio import (
+    DataError,
+    TreeWriter,
+    check_branches,
+    discover_files,
+    open_tree,
+    read_arrays,
+)
 
 # reconstructed branch -> per-event shape; missing ones are zero-filled ("event": entry number)
 RECO_SHAPES = {"run": (), "event": (), "emiAng": (2,), "energyReco": (), "xyzRecoFI": (3,),

@@ -1,4 +1,8 @@
-"""ROOT files -> normalised batches: discovery, split, streaming, shuffling, prefetch, reweighting.
+"""ROOT files -> normalised batches: the streaming Loader (shuffling, prefetch, weights).
+
+Its parts live beside it and are re-exported here: file discovery and checked reading in
+`xecjax.rootio`, the train/validation split in `xecjax.split`, sample reweighting in
+`xecjax.reweight`, the Normaliser in `xecjax.normalise`.
 
 Inputs follow DESIGN.md section 4 (tree `tree`, per-sensor float[4760] branches, per-event truth).
 The pipeline, per epoch:
@@ -24,24 +28,30 @@ from __future__ import annotations
 
 import collections
 import dataclasses
-import glob
-import hashlib
-import json
-import os
 import queue
 import threading
 import warnings
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 from typing import Any
 
 import numpy as np
-import uproot
 
 from xecjax.geometry import N_SENSORS, in_fiducial
 from xecjax.normalise import Normaliser
+from xecjax.reweight import Reweighter
+from xecjax.rootio import (
+    DataError,
+    check_branches,
+    discover_files,
+    num_entries,
+    open_tree,
+    read_arrays,
+    read_per_event,
+)
+from xecjax.split import Source, Split, make_split
 
+# the pipeline's public names in one place (defined in rootio, split, reweight, normalise)
 __all__ = [
     "DataError",
     "Loader",
@@ -64,300 +74,6 @@ TRUTH = {
     "energy": ("energyTruth", ()),
 }
 IDS = {"run": ("run", ()), "event": ("event", ())}
-_OPEN = {
-    "handler": uproot.source.file.MultithreadedFileSource,
-    "array_cache": None,
-    "object_cache": None,
-}
-_STEP = 200_000  # events per read of the small per-event branches
-
-
-class DataError(ValueError):
-    """A ROOT input that cannot be used; the message names the file and what was expected."""
-
-
-# ----------------------------------------------------------------------------------------------
-# Files
-# ----------------------------------------------------------------------------------------------
-def discover_files(spec: str | os.PathLike | Sequence[str | os.PathLike]) -> list[str]:
-    """Absolute paths of the ROOT files named by a file, a directory (its *.root), a glob
-    (`**` recursive) or a list of these; sorted per entry, duplicates removed."""
-    specs = [spec] if isinstance(spec, (str, os.PathLike)) else list(spec)
-    if not specs:
-        raise FileNotFoundError("no input files given (empty list)")
-    out = []
-    for s in map(os.fspath, specs):
-        p = os.path.expanduser(s)
-        if os.path.isdir(p):
-            found = sorted(glob.glob(os.path.join(glob.escape(p), "*.root")))
-            if not found:
-                raise FileNotFoundError(f"directory {s!r} holds no *.root files")
-        elif glob.has_magic(p):
-            found = sorted(f for f in glob.glob(p, recursive=True) if os.path.isfile(f))
-            if not found:
-                raise FileNotFoundError(f"no files match the pattern {s!r}")
-        elif os.path.isfile(p):
-            found = [p]
-        else:
-            raise FileNotFoundError(f"input file {s!r} does not exist")
-        out.extend(os.path.abspath(f) for f in found)
-    return list(dict.fromkeys(out))
-
-
-def open_tree(path: str, tree: str = "tree"):
-    """The TTree `tree` of a ROOT file (close with `.file.close()`), or None for a 0-byte file.
-
-    Raises FileNotFoundError for a missing file and DataError for a file that is not ROOT, is
-    truncated, or has no such TTree (listing what it holds).
-    """
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"ROOT file {path!r} does not exist")
-    if os.path.getsize(path) == 0:
-        return None
-    try:
-        f = uproot.open(path, **_OPEN)
-    except Exception as e:
-        raise DataError(f"{path!r} is not a readable ROOT file ({type(e).__name__}: {e})") from e
-    try:
-        names = f.keys(cycle=False)
-        if tree not in names:
-            raise DataError(f"{path!r} has no tree {tree!r}; it holds {names}")
-        t = f[tree]
-    except DataError:
-        f.close()
-        raise
-    except Exception as e:
-        f.close()
-        raise DataError(
-            f"{path!r} is truncated or corrupt: cannot read {tree!r} ({type(e).__name__}: {e})"
-        ) from e
-    if not isinstance(t, uproot.behaviors.TTree.TTree):
-        f.close()
-        raise DataError(f"{path!r}: {tree!r} is a {type(t).__name__}, not a TTree")
-    return t
-
-
-def num_entries(path: str, tree: str = "tree") -> int:
-    """Number of events in a file (0 for a 0-byte file)."""
-    t = open_tree(path, tree)
-    if t is None:
-        return 0
-    try:
-        return int(t.num_entries)
-    finally:
-        t.file.close()
-
-
-def check_branches(path: str, t, shapes: dict[str, tuple[int, ...] | None]) -> None:
-    """DataError unless every branch exists with the given per-event shape (None: any)."""
-    have = set(t.keys())
-    for b, shape in shapes.items():
-        if b not in have:
-            raise DataError(f"{path!r}: tree {t.name!r} has no branch {b!r}; it has {sorted(have)}")
-        got = getattr(t[b].interpretation, "inner_shape", None)
-        if got is None:
-            raise DataError(
-                f"{path!r}: branch {b!r} is {t[b].typename} ({t[b].interpretation}); "
-                "expected a fixed-size numeric branch"
-            )
-        if shape is not None and tuple(got) != tuple(shape):
-            what = f" (one value per sensor: {N_SENSORS})" if shape == (N_SENSORS,) else ""
-            raise DataError(
-                f"{path!r}: branch {b!r} holds shape {tuple(got)} per event; "
-                f"expected {tuple(shape)}{what}"
-            )
-
-
-def read_arrays(t, branches: Sequence[str], start: int, stop: int, executor=None) -> dict:
-    """Branches of entries [start, stop) as NumPy arrays; read errors name file and range."""
-    try:
-        return t.arrays(
-            list(branches),
-            entry_start=start,
-            entry_stop=stop,
-            library="np",
-            decompression_executor=executor,
-            interpretation_executor=executor,
-        )
-    except Exception as e:
-        raise DataError(
-            f"{t.file.file_path!r}: cannot read entries [{start}, {stop}) of {list(branches)} "
-            f"(truncated or corrupt file? {type(e).__name__}: {e})"
-        ) from e
-
-
-# ----------------------------------------------------------------------------------------------
-# Train / validation split
-# ----------------------------------------------------------------------------------------------
-@dataclasses.dataclass(frozen=True)
-class Source:
-    """Events [start, stop) of one ROOT file."""
-
-    path: str
-    start: int
-    stop: int
-
-    def __post_init__(self) -> None:
-        if not 0 <= self.start <= self.stop:
-            raise ValueError(f"Source {self.path!r}: need 0 <= start <= stop, got {self}")
-
-    @property
-    def n_events(self) -> int:
-        return self.stop - self.start
-
-
-@dataclasses.dataclass
-class Split:
-    """Training and validation sources; record `to_dict()` with every run."""
-
-    train: list[Source]
-    val: list[Source]
-
-    def to_dict(self) -> dict[str, list[dict[str, Any]]]:
-        return {k: [dataclasses.asdict(s) for s in getattr(self, k)] for k in ("train", "val")}
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> Split:
-        return cls(*([Source(**s) for s in d[k]] for k in ("train", "val")))
-
-
-def _whole(files: Sequence[str], tree: str) -> list[Source]:
-    return [Source(f, 0, num_entries(f, tree)) for f in files]
-
-
-def make_split(
-    files: str | os.PathLike | Sequence[str | os.PathLike],
-    val_fraction: float = 0.2,
-    seed: int = 0,
-    train=None,
-    val=None,
-    tree: str = "tree",
-) -> Split:
-    """Split into disjoint train/val sources.
-
-    >= 2 files: whole files, val = round(val_fraction * n) (at least 1) chosen with `seed`.
-    1 file: by event range, the last val_fraction of its events for validation.
-    `train` / `val` (file specs, see discover_files) override: both given -> used as they are;
-    one given -> the other is the remaining files. Overlap is an error.
-    """
-    if train is not None or val is not None:
-        all_files = discover_files(files) if files else []
-        if train is not None:
-            tr = discover_files(train)
-        else:
-            tr = [f for f in all_files if f not in set(discover_files(val))]
-        va = discover_files(val) if val is not None else [f for f in all_files if f not in set(tr)]
-        both = sorted(set(map(os.path.realpath, tr)) & set(map(os.path.realpath, va)))
-        if both:
-            raise ValueError(f"files in both train and val: {both}")
-        if not tr or not va:
-            raise ValueError(f"explicit split leaves {'train' if not tr else 'val'} empty")
-        return Split(_whole(tr, tree), _whole(va, tree))
-    if not 0.0 < val_fraction < 1.0:
-        raise ValueError(f"val_fraction must be in (0, 1), got {val_fraction}")
-    files = discover_files(files)
-    if len(files) >= 2:
-        n_val = min(len(files) - 1, max(1, round(val_fraction * len(files))))
-        perm = np.random.default_rng(seed).permutation(len(files))
-        va = sorted(files[i] for i in perm[:n_val])
-        return Split(_whole([f for f in files if f not in set(va)], tree), _whole(va, tree))
-    n = num_entries(files[0], tree)
-    if n < 2:
-        raise DataError(f"{files[0]!r}: {n} events, cannot split one file into train and val")
-    cut = n - min(n - 1, max(1, round(val_fraction * n)))
-    return Split([Source(files[0], 0, cut)], [Source(files[0], cut, n)])
-
-
-# ----------------------------------------------------------------------------------------------
-# Sample reweighting
-# ----------------------------------------------------------------------------------------------
-_MODES = {"theta": (0,), "phi": (1,), "theta_phi": (0, 1)}
-
-
-class Reweighter:
-    """Per-event weights flattening the theta, phi or (theta, phi) distribution.
-
-    weight = k / count(bin of the event), k = events / non-empty bins, so the mean weight over
-    the fitted sample is 1 and its weighted histogram is flat.
-    """
-
-    def __init__(self, mode: str, edges: Sequence[np.ndarray], table: np.ndarray):
-        if mode not in _MODES:
-            raise ValueError(f"unknown reweighting mode {mode!r}: expected one of {list(_MODES)}")
-        self.mode = mode
-        self.edges = [np.asarray(e, np.float64) for e in edges]
-        self.table = np.asarray(table, np.float32)
-
-    @classmethod
-    def fit(
-        cls,
-        sources: Sequence[Source],
-        mode: str,
-        bins: int = 50,
-        cache_dir=None,
-        tree: str = "tree",
-    ) -> Reweighter:
-        """Histogram emiAng of `sources` (one pass over a small branch); cached in cache_dir."""
-        if mode not in _MODES:
-            raise ValueError(f"unknown reweighting mode {mode!r}: expected one of {list(_MODES)}")
-        ident = [mode, bins, tree] + [
-            [s.path, s.start, s.stop, os.stat(s.path).st_size, os.stat(s.path).st_mtime_ns]
-            for s in sources
-        ]
-        key = hashlib.sha256(json.dumps(ident).encode()).hexdigest()[:16]
-        cache = Path(cache_dir) / f"reweight_{mode}_{key}.json" if cache_dir else None
-        if cache is not None and cache.is_file():
-            return cls.from_dict(json.loads(cache.read_text()))
-        angles = [a for s in sources for a in _read_small(s, {"emiAng": (2,)}, tree)]
-        ang = np.concatenate([a["emiAng"] for a in angles]) if angles else np.zeros((0, 2))
-        ang = ang[np.isfinite(ang).all(axis=1)][:, list(_MODES[mode])].astype(np.float64)
-        if len(ang) == 0:
-            raise DataError(f"no events with finite emiAng to fit reweighting in {sources}")
-        edges = [np.linspace(c.min(), c.max(), bins + 1) for c in ang.T]
-        counts = np.histogramdd(ang, bins=edges)[0]
-        k = counts.sum() / np.count_nonzero(counts)
-        rw = cls(mode, edges, np.where(counts > 0, k / np.maximum(counts, 1), 0.0))
-        if cache is not None:
-            cache.parent.mkdir(parents=True, exist_ok=True)
-            tmp = cache.with_suffix(f".tmp{os.getpid()}")
-            tmp.write_text(json.dumps(rw.to_dict()))
-            os.replace(tmp, cache)
-        return rw
-
-    def __call__(self, angles: np.ndarray) -> np.ndarray:
-        """angles [N, 2] (theta, phi) degrees -> weights [N] float32 (edge bins extend out)."""
-        angles = np.asarray(angles)
-        idx = tuple(
-            np.clip(np.searchsorted(e, angles[:, a], side="right") - 1, 0, len(e) - 2)
-            for a, e in zip(_MODES[self.mode], self.edges, strict=True)
-        )
-        return self.table[idx]
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "mode": self.mode,
-            "edges": [e.tolist() for e in self.edges],
-            "table": self.table.tolist(),
-        }
-
-    @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> Reweighter:
-        return cls(d["mode"], d["edges"], np.asarray(d["table"]))
-
-
-def _read_small(src: Source, shapes: dict[str, tuple], tree: str) -> Iterator[dict]:
-    """Small per-event branches of a source, in steps of _STEP events (checked first)."""
-    t = open_tree(src.path, tree)
-    if t is None:
-        return
-    try:
-        check_branches(src.path, t, shapes)
-        if src.stop > t.num_entries:
-            raise DataError(f"{src}: the file has only {t.num_entries} events")
-        for a in range(src.start, src.stop, _STEP):
-            yield read_arrays(t, list(shapes), a, min(a + _STEP, src.stop))
-    finally:
-        t.file.close()
 
 
 # ----------------------------------------------------------------------------------------------
@@ -554,7 +270,7 @@ class Loader:
         """Entries of src with finite truth (and inside the fiducial volume); None: all."""
         shapes = {b: s for b, s in TRUTH.values()} | ({"uvwTruth": (3,)} if self.fiducial else {})
         masks = []
-        for arrs in _read_small(src, shapes, self.tree):
+        for arrs in read_per_event(src.path, src.start, src.stop, shapes, self.tree):
             n = len(arrs["emiAng"])
             finite = np.ones(n, bool)
             for v in arrs.values():

@@ -1,20 +1,176 @@
-"""Writing ROOT TTrees with uproot: atomic, chunked, LZ4 or ZLIB.
+"""ROOT files with uproot: finding, opening and checking inputs; writing TTrees atomically.
 
-Every ROOT file the project writes (toy simulation, validation results, real-data inference)
-goes through `TreeWriter`: it writes to a temporary file beside the target and renames it into
-place only when the tree is complete, so an interrupted job never leaves a half-written file.
+Reading: `discover_files` (file, directory, glob or list), `open_tree`, `check_branches` and
+`read_arrays` turn every problem of an input file (missing, not ROOT, truncated, no tree, a
+missing branch or a wrong per-event shape) into a FileNotFoundError or DataError that names
+the file and what was expected. The data pipeline and the inference tools read through them.
+
+Writing: every ROOT file the project writes (toy simulation, validation results, real-data
+inference) goes through `TreeWriter`: it writes to a temporary file beside the target and
+renames it into place only when the tree is complete, so an interrupted job never leaves a
+half-written file.
 uproot >= 5.7 writes an RNTuple for `f[name] = {...}`; `mktree` + `extend` gives a TTree.
 """
 
 from __future__ import annotations
 
+import glob
 import os
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
 
 import numpy as np
 import uproot
 
+from xecjax.geometry import N_SENSORS
+
+_OPEN = {
+    "handler": uproot.source.file.MultithreadedFileSource,
+    "array_cache": None,
+    "object_cache": None,
+}
+_STEP = 200_000  # events per read of the small per-event branches
+
+
+# ----------------------------------------------------------------------------------------------
+# Reading
+# ----------------------------------------------------------------------------------------------
+class DataError(ValueError):
+    """A ROOT input that cannot be used; the message names the file and what was expected."""
+
+
+def discover_files(spec: str | os.PathLike | Sequence[str | os.PathLike]) -> list[str]:
+    """Absolute paths of the ROOT files named by a file, a directory (its *.root), a glob
+    (`**` recursive) or a list of these; sorted per entry, duplicates removed."""
+    specs = [spec] if isinstance(spec, (str, os.PathLike)) else list(spec)
+    if not specs:
+        raise FileNotFoundError("no input files given (empty list)")
+    out = []
+    for s in map(os.fspath, specs):
+        p = os.path.expanduser(s)
+        if os.path.isdir(p):
+            found = sorted(glob.glob(os.path.join(glob.escape(p), "*.root")))
+            if not found:
+                raise FileNotFoundError(f"directory {s!r} holds no *.root files")
+        elif glob.has_magic(p):
+            found = sorted(f for f in glob.glob(p, recursive=True) if os.path.isfile(f))
+            if not found:
+                raise FileNotFoundError(f"no files match the pattern {s!r}")
+        elif os.path.isfile(p):
+            found = [p]
+        else:
+            raise FileNotFoundError(f"input file {s!r} does not exist")
+        out.extend(os.path.abspath(f) for f in found)
+    return list(dict.fromkeys(out))
+
+
+def open_tree(path: str, tree: str = "tree"):
+    """The TTree `tree` of a ROOT file (close with `.file.close()`), or None for a 0-byte file.
+
+    Raises FileNotFoundError for a missing file and DataError for a file that is not ROOT, is
+    truncated, or has no such TTree (listing what it holds).
+    """
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"ROOT file {path!r} does not exist")
+    if os.path.getsize(path) == 0:
+        return None
+    try:
+        f = uproot.open(path, **_OPEN)
+    except Exception as e:
+        raise DataError(f"{path!r} is not a readable ROOT file ({type(e).__name__}: {e})") from e
+    try:
+        names = f.keys(cycle=False)
+        if tree not in names:
+            raise DataError(f"{path!r} has no tree {tree!r}; it holds {names}")
+        t = f[tree]
+    except DataError:
+        f.close()
+        raise
+    except Exception as e:
+        f.close()
+        raise DataError(
+            f"{path!r} is truncated or corrupt: cannot read {tree!r} ({type(e).__name__}: {e})"
+        ) from e
+    if not isinstance(t, uproot.behaviors.TTree.TTree):
+        f.close()
+        raise DataError(f"{path!r}: {tree!r} is a {type(t).__name__}, not a TTree")
+    return t
+
+
+def num_entries(path: str, tree: str = "tree") -> int:
+    """Number of events in a file (0 for a 0-byte file)."""
+    t = open_tree(path, tree)
+    if t is None:
+        return 0
+    try:
+        return int(t.num_entries)
+    finally:
+        t.file.close()
+
+
+def check_branches(path: str, t, shapes: dict[str, tuple[int, ...] | None]) -> None:
+    """DataError unless every branch exists with the given per-event shape (None: any)."""
+    have = set(t.keys())
+    for b, shape in shapes.items():
+        if b not in have:
+            raise DataError(f"{path!r}: tree {t.name!r} has no branch {b!r}; it has {sorted(have)}")
+        got = getattr(t[b].interpretation, "inner_shape", None)
+        if got is None:
+            raise DataError(
+                f"{path!r}: branch {b!r} is {t[b].typename} ({t[b].interpretation}); "
+                "expected a fixed-size numeric branch"
+            )
+        if shape is not None and tuple(got) != tuple(shape):
+            what = f" (one value per sensor: {N_SENSORS})" if shape == (N_SENSORS,) else ""
+            raise DataError(
+                f"{path!r}: branch {b!r} holds shape {tuple(got)} per event; "
+                f"expected {tuple(shape)}{what}"
+            )
+
+
+def read_arrays(t, branches: Sequence[str], start: int, stop: int, executor=None) -> dict:
+    """Branches of entries [start, stop) as NumPy arrays; read errors name file and range."""
+    try:
+        return t.arrays(
+            list(branches),
+            entry_start=start,
+            entry_stop=stop,
+            library="np",
+            decompression_executor=executor,
+            interpretation_executor=executor,
+        )
+    except Exception as e:
+        raise DataError(
+            f"{t.file.file_path!r}: cannot read entries [{start}, {stop}) of {list(branches)} "
+            f"(truncated or corrupt file? {type(e).__name__}: {e})"
+        ) from e
+
+
+def read_per_event(
+    path: str, start: int, stop: int, shapes: dict[str, tuple], tree: str = "tree"
+) -> Iterator[dict]:
+    """Small per-event branches of entries [start, stop), in steps of _STEP events.
+
+    The branches and the entry range are checked first (DataError naming the file).
+    """
+    t = open_tree(path, tree)
+    if t is None:
+        return
+    try:
+        check_branches(path, t, shapes)
+        if stop > t.num_entries:
+            raise DataError(
+                f"{path!r}: entries [{start}, {stop}) asked for, the file has {t.num_entries}"
+            )
+        for a in range(start, stop, _STEP):
+            yield read_arrays(t, list(shapes), a, min(a + _STEP, stop))
+    finally:
+        t.file.close()
+
+
+# ----------------------------------------------------------------------------------------------
+# Writing
+# ----------------------------------------------------------------------------------------------
 COMPRESSIONS = {"lz4": lambda: uproot.LZ4(1), "zlib": lambda: uproot.ZLIB(1)}
 
 
