@@ -18,10 +18,8 @@ epochs + resume 2 gives the parameters of 4 epochs in one go.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import os
-import signal
 import sys
 import time
 from pathlib import Path
@@ -31,61 +29,27 @@ import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
-import optax
 from jax.experimental import multihost_utils
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from xecjax import losses, metrics
+from xecjax import losses
 from xecjax.checkpoint import Checkpointer, read_meta, resolve_checkpoint_dir
 from xecjax.config import parse_command_line
+from xecjax.distributed import (
+    Preemption,
+    make_mesh,
+    maybe_initialize_distributed,
+    params_digest,
+    to_global,
+)
 from xecjax.optim import make_optimizer, make_schedule
+from xecjax.steps import evaluate, make_eval_step, make_train_step
 from xecjax.tracking import Tracker, plot_history, system_metrics
 
 
 class NonFiniteError(RuntimeError):
     """A non-finite loss or gradient under nan_policy='stop'."""
-
-
-# ----------------------------------------------------------------------------------------------
-# Processes and devices.
-# ----------------------------------------------------------------------------------------------
-_DISTRIBUTED = False
-
-
-def maybe_initialize_distributed() -> None:
-    """jax.distributed.initialize() when launched as one of several processes, else nothing.
-
-    Under Slurm (srun with several tasks) JAX reads Slurm's variables. Elsewhere set
-    JAX_COORDINATOR_ADDRESS=host:port, XECJAX_NUM_PROCESSES and XECJAX_PROCESS_ID (e.g. two
-    processes on one machine). CPU devices talk over gloo; GPUs use NCCL.
-    """
-    global _DISTRIBUTED
-    if _DISTRIBUTED:
-        return
-    explicit = "XECJAX_NUM_PROCESSES" in os.environ
-    if not explicit and int(os.environ.get("SLURM_NTASKS", "1")) <= 1:
-        return
-    jax.config.update("jax_cpu_collectives_implementation", "gloo")
-    if explicit:
-        try:
-            n_proc = int(os.environ["XECJAX_NUM_PROCESSES"])
-            rank = int(os.environ["XECJAX_PROCESS_ID"])
-            address = os.environ["JAX_COORDINATOR_ADDRESS"]
-        except (KeyError, ValueError) as e:
-            raise ValueError(
-                "XECJAX_NUM_PROCESSES needs integer XECJAX_PROCESS_ID and "
-                f"JAX_COORDINATOR_ADDRESS=host:port in the environment ({e})"
-            ) from None
-        jax.distributed.initialize(address, num_processes=n_proc, process_id=rank)
-    else:
-        jax.distributed.initialize()
-    _DISTRIBUTED = True
-
-
-def make_mesh() -> jax.sharding.Mesh:
-    """1-D mesh over all devices of all processes, axis 'data' (Auto: scatters allowed)."""
-    return jax.make_mesh((jax.device_count(),), ("data",), axis_types=(jax.sharding.AxisType.Auto,))
 
 
 # ----------------------------------------------------------------------------------------------
@@ -187,137 +151,6 @@ def make_normaliser(norm_cfg: ml_collections.ConfigDict):
             f"config.norm: unknown Normaliser fields {unknown}; known: {sorted(fields)}"
         )
     return dataclasses.replace(base, **overrides)
-
-
-def agree(value: int, reduce=min) -> int:
-    """The same integer on every process (min or max over processes)."""
-    if jax.process_count() == 1:
-        return int(value)
-    return int(reduce(multihost_utils.process_allgather(np.asarray(value))))
-
-
-# ----------------------------------------------------------------------------------------------
-# Update step and evaluation step (pure functions of the state dict and a batch).
-# ----------------------------------------------------------------------------------------------
-def _cast(tree: Any, dtype) -> Any:
-    return jax.tree.map(
-        lambda a: a.astype(dtype) if jnp.issubdtype(a.dtype, jnp.floating) else a, tree
-    )
-
-
-def make_train_step(apply_fn, tx, loss_fn, config: ml_collections.ConfigDict):
-    """step(state, batch) -> (state, {"loss", "grad_norm", "finite"}).
-
-    A non-finite loss or gradient leaves parameters, EMA and optimiser state unchanged (the host
-    then stops or counts the skip), so the in-memory state stays the last good one.
-    """
-    ema_decay = float(config.optim.ema_decay)
-    compute = jnp.bfloat16 if config.train.bf16 else jnp.float32
-    nan_step = int(config.train.debug_nan_step)
-
-    def step_fn(state, batch):
-        rng = jax.random.fold_in(state["rng"], state["step"])
-
-        def loss_of(params):
-            pred = apply_fn(_cast(params, compute), batch["x"].astype(compute), True, rng)
-            per_sample = loss_fn(pred.astype(jnp.float32), batch["angles"])
-            return losses.weighted_mean(per_sample, batch["weight"] * batch["valid"])
-
-        loss, grads = jax.value_and_grad(loss_of)(state["params"])
-        if nan_step >= 0:  # testing hook: poison one step
-            loss = jnp.where(state["step"] == nan_step, jnp.nan, loss)
-        grad_norm = optax.global_norm(grads)
-        finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
-        updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
-        params = optax.apply_updates(state["params"], updates)
-        if ema_decay >= 0:
-            ema = jax.tree.map(
-                lambda e, p: ema_decay * e + (1.0 - ema_decay) * p, state["ema"], params
-            )
-        else:
-            ema = params
-        new = {"params": params, "ema": ema, "opt_state": opt_state}
-        new = jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, {k: state[k] for k in new})
-        new.update(step=state["step"] + 1, rng=state["rng"])
-        return new, {"loss": loss, "grad_norm": grad_norm, "finite": finite}
-
-    return step_fn
-
-
-def make_eval_step(apply_fn, loss_fn, bf16: bool):
-    """eval(params, batch) -> (predictions [B, C] float32, per-sample loss [B])."""
-    compute = jnp.bfloat16 if bf16 else jnp.float32
-
-    def eval_fn(params, batch):
-        pred = apply_fn(
-            _cast(params, compute), batch["x"].astype(compute), False, jax.random.PRNGKey(0)
-        ).astype(jnp.float32)
-        return pred, loss_fn(pred, batch["angles"])
-
-    return eval_fn
-
-
-def evaluate(eval_step, params, loader, batch_sharding: NamedSharding) -> dict[str, float]:
-    """val_loss (the training loss on EMA parameters) and the angle metrics over the val set."""
-    preds, trues, per_sample, weights, valid = [], [], [], [], []
-    for local in loader.epoch(0):  # the same number of batches on every process
-        batch = to_global(local, batch_sharding)
-        pred, loss = eval_step(params, batch)
-        for out, a in (
-            (preds, pred),
-            (per_sample, loss),
-            (trues, batch["angles"]),
-            (weights, batch["weight"]),
-            (valid, batch["valid"]),
-        ):
-            out.append(np.asarray(multihost_utils.process_allgather(a, tiled=True)))
-    if not preds:
-        raise ValueError("the validation set is empty: check config.data.val / val_fraction")
-    pred, true = np.concatenate(preds), np.concatenate(trues)
-    ok = np.concatenate(valid).astype(bool)
-    w = np.concatenate(weights) * ok
-    loss = np.concatenate(per_sample)
-    out = metrics.angle_metrics(pred[ok], true[ok])
-    out["val_loss"] = float(np.where(w > 0, w * loss, 0.0).sum() / max(w.sum(), 1e-12))
-    return out
-
-
-def to_global(local: dict[str, np.ndarray], sharding: NamedSharding) -> dict[str, jax.Array]:
-    """Per-process batch -> global arrays sharded on 'data' (batch axis)."""
-    keys = ("x", "angles", "weight", "valid")
-    return {k: jax.make_array_from_process_local_data(sharding, np.asarray(local[k])) for k in keys}
-
-
-# ----------------------------------------------------------------------------------------------
-# Preemption (Slurm sends SIGTERM; Ctrl-C is SIGINT): save and leave at the next step.
-# ----------------------------------------------------------------------------------------------
-class Preemption:
-    """Sets a flag on SIGTERM/SIGINT; a second signal gets the default behaviour."""
-
-    def __init__(self) -> None:
-        self.signal: int | None = None
-        self._old: dict[int, Any] = {}
-
-    def __enter__(self) -> Preemption:
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            self._old[sig] = signal.signal(sig, self._handler)
-        return self
-
-    def _handler(self, signum, frame) -> None:
-        self.signal = signum
-        signal.signal(signum, self._old.get(signum, signal.SIG_DFL))
-
-    def __exit__(self, *exc) -> None:
-        for sig, old in self._old.items():
-            signal.signal(sig, old)
-
-    @property
-    def requested(self) -> bool:
-        return (
-            agree(self.signal is not None, max) > 0
-            if jax.process_count() > 1
-            else (self.signal is not None)
-        )
 
 
 # ----------------------------------------------------------------------------------------------
@@ -582,14 +415,6 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
             flush=True,
         )
     return summary
-
-
-def params_digest(params: Any) -> str:
-    """sha256 of this process's local copy of replicated parameters (leaves in tree order)."""
-    h = hashlib.sha256()
-    for leaf in jax.tree.leaves(params):
-        h.update(np.ascontiguousarray(leaf.addressable_shards[0].data).tobytes())
-    return h.hexdigest()
 
 
 def _progress(config, is_main: bool, epoch: int, total: int, first: int):

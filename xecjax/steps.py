@@ -1,0 +1,104 @@
+"""The update step and the evaluation step (pure functions of a state dict and a batch) and
+the validation pass over a loader.
+
+`state` holds params, ema, opt_state, step and rng; a batch is the global (sharded) arrays x
+[B, 4760, 2], angles [B, 2] (theta, phi degrees), weight [B] and valid [B].
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+from jax.experimental import multihost_utils
+from jax.sharding import NamedSharding
+
+from xecjax import losses, metrics
+from xecjax.distributed import to_global
+
+
+def _cast(tree: Any, dtype) -> Any:
+    return jax.tree.map(
+        lambda a: a.astype(dtype) if jnp.issubdtype(a.dtype, jnp.floating) else a, tree
+    )
+
+
+def make_train_step(apply_fn, tx, loss_fn, config: ml_collections.ConfigDict):
+    """step(state, batch) -> (state, {"loss", "grad_norm", "finite"}).
+
+    A non-finite loss or gradient leaves parameters, EMA and optimiser state unchanged (the host
+    then stops or counts the skip), so the in-memory state stays the last good one.
+    """
+    ema_decay = float(config.optim.ema_decay)
+    compute = jnp.bfloat16 if config.train.bf16 else jnp.float32
+    nan_step = int(config.train.debug_nan_step)
+
+    def step_fn(state, batch):
+        rng = jax.random.fold_in(state["rng"], state["step"])
+
+        def loss_of(params):
+            pred = apply_fn(_cast(params, compute), batch["x"].astype(compute), True, rng)
+            per_sample = loss_fn(pred.astype(jnp.float32), batch["angles"])
+            return losses.weighted_mean(per_sample, batch["weight"] * batch["valid"])
+
+        loss, grads = jax.value_and_grad(loss_of)(state["params"])
+        if nan_step >= 0:  # testing hook: poison one step
+            loss = jnp.where(state["step"] == nan_step, jnp.nan, loss)
+        grad_norm = optax.global_norm(grads)
+        finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+        updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
+        params = optax.apply_updates(state["params"], updates)
+        if ema_decay >= 0:
+            ema = jax.tree.map(
+                lambda e, p: ema_decay * e + (1.0 - ema_decay) * p, state["ema"], params
+            )
+        else:
+            ema = params
+        new = {"params": params, "ema": ema, "opt_state": opt_state}
+        new = jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, {k: state[k] for k in new})
+        new.update(step=state["step"] + 1, rng=state["rng"])
+        return new, {"loss": loss, "grad_norm": grad_norm, "finite": finite}
+
+    return step_fn
+
+
+def make_eval_step(apply_fn, loss_fn, bf16: bool):
+    """eval(params, batch) -> (predictions [B, C] float32, per-sample loss [B])."""
+    compute = jnp.bfloat16 if bf16 else jnp.float32
+
+    def eval_fn(params, batch):
+        pred = apply_fn(
+            _cast(params, compute), batch["x"].astype(compute), False, jax.random.PRNGKey(0)
+        ).astype(jnp.float32)
+        return pred, loss_fn(pred, batch["angles"])
+
+    return eval_fn
+
+
+def evaluate(eval_step, params, loader, batch_sharding: NamedSharding) -> dict[str, float]:
+    """val_loss (the training loss on EMA parameters) and the angle metrics over the val set."""
+    preds, trues, per_sample, weights, valid = [], [], [], [], []
+    for local in loader.epoch(0):  # the same number of batches on every process
+        batch = to_global(local, batch_sharding)
+        pred, loss = eval_step(params, batch)
+        for out, a in (
+            (preds, pred),
+            (per_sample, loss),
+            (trues, batch["angles"]),
+            (weights, batch["weight"]),
+            (valid, batch["valid"]),
+        ):
+            out.append(np.asarray(multihost_utils.process_allgather(a, tiled=True)))
+    if not preds:
+        raise ValueError("the validation set is empty: check config.data.val / val_fraction")
+    pred, true = np.concatenate(preds), np.concatenate(trues)
+    ok = np.concatenate(valid).astype(bool)
+    w = np.concatenate(weights) * ok
+    loss = np.concatenate(per_sample)
+    out = metrics.angle_metrics(pred[ok], true[ok])
+    out["val_loss"] = float(np.where(w > 0, w * loss, 0.0).sum() / max(w.sum(), 1e-12))
+    return out
