@@ -166,6 +166,21 @@ def test_reproducible_and_chunk_independent(sim_dir, sim, tmp_path):
     assert not np.array_equal(other["emiAng"], sim[0]["emiAng"])
 
 
+def test_parallel_writers_write_the_files_of_one(sim, tmp_path, monkeypatch):
+    """The fixture wrote its 2 files with simulate.WRITERS (2) threads; one writer must give the
+    same files, and every file is complete and named as expected."""
+    assert simulate.WRITERS >= 2
+    monkeypatch.setattr(simulate, "WRITERS", 1)
+    paths = simulate.write_toy_files(
+        tmp_path, N_EVENTS, n_files=2, seed=7, cfg=SimConfig(dead_fraction=DEAD)
+    )
+    assert [p.name for p in paths] == ["toy_7_0.root", "toy_7_1.root"]
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["toy_7_0.root", "toy_7_1.root"]
+    for p, ref in zip(paths, sim, strict=True):
+        data = read(p)
+        assert all(np.array_equal(data[k], ref[k]) for k in SIM_BRANCHES)
+
+
 def test_real_data_shape(tmp_path):
     (path,) = simulate.write_toy_files(tmp_path, 200, seed=3, real_data=True)
     data = read(path)

@@ -30,6 +30,7 @@ import functools
 import math
 import os
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import jax
@@ -47,6 +48,7 @@ PHI_RANGE_DEG = (-62.8, 62.8)
 N_DEPOSITS = 8
 MAP_BATCH = 8  # events per vectorised step inside a block
 BLOCK = 200  # events per jitted call: one compiled shape; 1000-event chunks split evenly
+WRITERS = 2  # files written at the same time (threads)
 
 PER_SENSOR = ("npho", "nphe", "time", "relative_npho", "relative_time")
 SIM_BRANCHES = (
@@ -521,8 +523,9 @@ def write_toy_files(
     """Write n_events split evenly over n_files ROOT files out_dir/toy_<seed>_<k>.root.
 
     File k holds run k, events 0..n_k-1, tree "tree" with SIM_BRANCHES (or REAL_DATA_BRANCHES).
-    Generation of the next chunk overlaps the writing of the current one; peak memory grows
-    with chunk_size, not with n_events. Each file appears atomically (rootio.TreeWriter).
+    Generation of the next chunk overlaps the writing of the current one, and WRITERS files are
+    written at the same time; peak memory grows with chunk_size (and WRITERS), not with
+    n_events. Each file appears atomically (rootio.TreeWriter).
     """
     n_events, n_files, chunk_size = int(n_events), int(n_files), int(chunk_size)
     if n_events <= 0:
@@ -547,27 +550,37 @@ def write_toy_files(
         from tqdm import tqdm
 
         bar = tqdm(total=n_events, unit="ev", desc="simulate")
-    paths = []
+
+    def write_file(k: int) -> Path:
+        n_k, path = sizes[k], out_dir / toy_file_name(seed, k)
+        starts = list(range(0, n_k, chunk_size))
+        with TreeWriter(path, "tree", compression) as writer:
+            nxt = _dispatch(root, k, 0, min(chunk_size, n_k), cfg, real_data)
+            for i in range(len(starts)):
+                cur = nxt
+                if i + 1 < len(starts):  # queue the next chunk before writing this one
+                    m = min(chunk_size, n_k - starts[i + 1])
+                    nxt = _dispatch(root, k, starts[i + 1], m, cfg, real_data)
+                chunk = _collect(*cur)
+                writer.extend(chunk)
+                if bar is not None:
+                    bar.update(len(chunk["event"]))
+        return path
+
+    # Two files are written at a time: uproot's basket writing is single-threaded, but LZ4/ZLIB
+    # compression and the file writes release the GIL. A file's content depends on (seed, k)
+    # only, so the files are the same whatever the order.
     try:
-        for k, n_k in enumerate(sizes):
-            path = out_dir / toy_file_name(seed, k)
-            starts = list(range(0, n_k, chunk_size))
-            with TreeWriter(path, "tree", compression) as writer:
-                nxt = _dispatch(root, k, 0, min(chunk_size, n_k), cfg, real_data)
-                for i in range(len(starts)):
-                    cur = nxt
-                    if i + 1 < len(starts):  # queue the next chunk before writing this one
-                        m = min(chunk_size, n_k - starts[i + 1])
-                        nxt = _dispatch(root, k, starts[i + 1], m, cfg, real_data)
-                    chunk = _collect(*cur)
-                    writer.extend(chunk)
-                    if bar is not None:
-                        bar.update(len(chunk["event"]))
-            paths.append(path)
+        with ThreadPoolExecutor(min(WRITERS, n_files), "xecjax-simulate") as pool:
+            futures = [pool.submit(write_file, k) for k in range(n_files)]
+            try:
+                return [f.result() for f in futures]
+            finally:  # on an error, files not yet started are not written
+                for f in futures:
+                    f.cancel()
     finally:
         if bar is not None:
             bar.close()
-    return paths
 
 
 def _energy_arg(text: str) -> float | tuple[float, float]:
