@@ -181,6 +181,23 @@ def test_parallel_writers_write_the_files_of_one(sim, tmp_path, monkeypatch):
         assert all(np.array_equal(data[k], ref[k]) for k in SIM_BRANCHES)
 
 
+def test_a_failing_writer_stops_the_others_without_partial_files(tmp_path, monkeypatch):
+    collect = simulate._collect
+
+    def failing(blocks, meta):
+        if meta[0] == 1 and meta[1] >= 100:  # run 1 fails at its third chunk
+            raise RuntimeError("disk full (test)")
+        return collect(blocks, meta)
+
+    monkeypatch.setattr(simulate, "_collect", failing)
+    with pytest.raises(RuntimeError, match="disk full"):
+        simulate.write_toy_files(tmp_path, 900, n_files=3, seed=7, chunk_size=50)
+    left = sorted(p.name for p in tmp_path.iterdir())
+    assert "toy_7_1.root" not in left and not [n for n in left if "tmp" in n]
+    for name in left:  # whatever remains is complete
+        assert read(tmp_path / name)["event"].tolist() == list(range(300))
+
+
 def test_real_data_shape(tmp_path):
     (path,) = simulate.write_toy_files(tmp_path, 200, seed=3, real_data=True)
     data = read(path)

@@ -251,7 +251,10 @@ class Loader:
             shapes.update(self._fields.values())
             check_branches(src.path, t, shapes)
             if src.stop > t.num_entries:
-                raise DataError(f"{src}: the file has only {t.num_entries} events")
+                raise DataError(
+                    f"{src.path!r}: entries [{src.start}, {src.stop}) asked for, "
+                    f"the file has only {t.num_entries} events"
+                )
             baskets = t[self.normaliser.npho_branch].entry_offsets
         finally:
             t.file.close()

@@ -81,7 +81,9 @@ def onnx_apply_fn(
     The "toeplitz" depthwise convolution (banded matmuls, fast for XLA on CPU) becomes batched
     MatMuls in ONNX that onnxruntime runs slower than its own grouped Conv; the parameters are
     the same for both forms, so a model trained with either exports with dwconv="xla". The
-    metadata keeps the training config. Other models: apply_fn unchanged.
+    metadata keeps the training config. Other models: apply_fn unchanged. apply_fn must be the
+    model of model_cfg (as load_for_inference returns it): for a toeplitz model it is rebuilt
+    from model_cfg, and the parity check compares the export against apply_fn.
     """
     if model_cfg.get("dwconv", "xla") == "xla":
         return apply_fn

@@ -160,7 +160,8 @@ def read_per_event(
         check_branches(path, t, shapes)
         if stop > t.num_entries:
             raise DataError(
-                f"{path!r}: entries [{start}, {stop}) asked for, the file has {t.num_entries}"
+                f"{path!r}: entries [{start}, {stop}) asked for, "
+                f"the file has only {t.num_entries} events"
             )
         for a in range(start, stop, _STEP):
             yield read_arrays(t, list(shapes), a, min(a + _STEP, stop))

@@ -30,7 +30,8 @@ import functools
 import math
 import os
 import sys
-from concurrent.futures import ThreadPoolExecutor
+import threading
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from pathlib import Path
 
 import jax
@@ -505,6 +506,10 @@ def simulate(
     return _collect(*_dispatch(_root_key(seed_or_key), run, first_event, n_events, cfg, real_data))
 
 
+class _Stopped(Exception):
+    """A writer thread left early because another one failed or the run was interrupted."""
+
+
 def toy_file_name(seed: int, k: int) -> str:
     return f"toy_{seed}_{k}.root"
 
@@ -551,12 +556,17 @@ def write_toy_files(
 
         bar = tqdm(total=n_events, unit="ev", desc="simulate")
 
+    stop = threading.Event()  # set on the first error or an interrupt: others leave early
+    bar_lock = threading.Lock()
+
     def write_file(k: int) -> Path:
         n_k, path = sizes[k], out_dir / toy_file_name(seed, k)
         starts = list(range(0, n_k, chunk_size))
         with TreeWriter(path, "tree", compression) as writer:
             nxt = _dispatch(root, k, 0, min(chunk_size, n_k), cfg, real_data)
             for i in range(len(starts)):
+                if stop.is_set():  # the temporary file is removed, nothing is renamed
+                    raise _Stopped(path)
                 cur = nxt
                 if i + 1 < len(starts):  # queue the next chunk before writing this one
                     m = min(chunk_size, n_k - starts[i + 1])
@@ -564,20 +574,25 @@ def write_toy_files(
                 chunk = _collect(*cur)
                 writer.extend(chunk)
                 if bar is not None:
-                    bar.update(len(chunk["event"]))
+                    with bar_lock:
+                        bar.update(len(chunk["event"]))
         return path
 
-    # Two files are written at a time: uproot's basket writing is single-threaded, but LZ4/ZLIB
-    # compression and the file writes release the GIL. A file's content depends on (seed, k)
-    # only, so the files are the same whatever the order.
+    # WRITERS files are written at a time: uproot's basket writing is single-threaded, but
+    # LZ4/ZLIB compression and the file writes release the GIL. A file's content depends on
+    # (seed, k) only, so the files are the same whatever the order. The first error (or Ctrl-C)
+    # stops every writer at its next chunk; complete files stay, partial ones are removed.
     try:
         with ThreadPoolExecutor(min(WRITERS, n_files), "xecjax-simulate") as pool:
             futures = [pool.submit(write_file, k) for k in range(n_files)]
             try:
-                return [f.result() for f in futures]
-            finally:  # on an error, files not yet started are not written
+                for f in as_completed(futures):
+                    f.result()  # raises the first error as soon as it happens
+            finally:
+                stop.set()
                 for f in futures:
                     f.cancel()
+        return [f.result() for f in futures]
     finally:
         if bar is not None:
             bar.close()
