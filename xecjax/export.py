@@ -73,10 +73,13 @@ def angles_function(
     return fn
 
 
-def onnx_apply_fn(
-    model_cfg: Mapping[str, Any], apply_fn: Callable[..., jax.Array]
-) -> Callable[..., jax.Array]:
-    """The apply function whose graph is exported: depthwise convolutions as ONNX Conv.
+def onnx_function(
+    apply_fn: Callable[..., jax.Array],
+    params: Any,
+    model_cfg: Mapping[str, Any],
+    normaliser: Normaliser | None = None,
+) -> Callable[[jax.Array], jax.Array]:
+    """The function whose graph is exported: angles_function with depthwise convs as ONNX Conv.
 
     The "toeplitz" depthwise convolution (banded matmuls, fast for XLA on CPU) becomes batched
     MatMuls in ONNX that onnxruntime runs slower than its own grouped Conv; the parameters are
@@ -85,17 +88,18 @@ def onnx_apply_fn(
     model of model_cfg (as load_for_inference returns it): for a toeplitz model it is rebuilt
     from model_cfg, and the parity check compares the export against apply_fn.
     """
-    if model_cfg.get("dwconv", "xla") == "xla":
-        return apply_fn
-    from flax import nnx
+    if model_cfg.get("dwconv", "xla") != "xla":
+        from flax import nnx
 
-    from xecjax.models import build_model, make_apply
+        from xecjax.models import build_model, make_apply
 
-    cfg = ml_collections.ConfigDict(
-        model_cfg.to_dict() if hasattr(model_cfg, "to_dict") else dict(model_cfg)
-    )
-    cfg.dwconv = "xla"
-    return make_apply(nnx.eval_shape(lambda: build_model(cfg, rngs=nnx.Rngs(0))))[1]
+        cfg = ml_collections.ConfigDict({**_as_dict(model_cfg), "dwconv": "xla"})
+        apply_fn = make_apply(nnx.eval_shape(lambda: build_model(cfg, rngs=nnx.Rngs(0))))[1]
+    return angles_function(apply_fn, params, normaliser)
+
+
+def _as_dict(model_cfg: Mapping[str, Any]) -> dict[str, Any]:
+    return model_cfg.to_dict() if hasattr(model_cfg, "to_dict") else dict(model_cfg)
 
 
 def git_commit() -> str:
@@ -124,7 +128,7 @@ def build_metadata(
     checkpoint: str = "",
 ) -> dict[str, str]:
     """The metadata_props of an exported model (all values strings)."""
-    cfg = model_cfg.to_dict() if hasattr(model_cfg, "to_dict") else dict(model_cfg)
+    cfg = _as_dict(model_cfg)
     return {
         "normaliser": json.dumps(normaliser.to_dict(), sort_keys=True),
         "model_config": json.dumps(cfg, sort_keys=True, default=str),
@@ -303,7 +307,7 @@ def export_model(
     opset = DEFAULT_OPSET if opset is None else int(opset)
     norm = normaliser if raw_input else None
     fn = angles_function(apply_fn, params, norm)  # the trained formulation: parity reference
-    exported = angles_function(onnx_apply_fn(model_cfg, apply_fn), params, norm)
+    exported = onnx_function(apply_fn, params, model_cfg, norm)
     meta = build_metadata(
         normaliser, model_cfg, raw_input=raw_input, opset=opset, run_id=run_id,
         checkpoint=checkpoint,

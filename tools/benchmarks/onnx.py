@@ -3,7 +3,7 @@
   python tools/bench.py onnx [--quick] [--config configs/convnext.py:default] [--threads N]
 
 Untrained weights (build_model with the config's model section), exported without a checkpoint
-through xecjax.export.to_onnx_model, as the graph export_model writes (onnx_apply_fn). Measures
+through xecjax.export.to_onnx_model, as the graph export_model writes (onnx_function). Measures
 throughput at batch 256 (events/s) and latency at batch 1 (median ms) for both runtimes on
 random normalised inputs. Targets (what the PyTorch export of the reference model achieves on
 the 2-core development machine): >= 35 events/s at batch 256 and <= 16 ms at batch 1.
@@ -55,7 +55,7 @@ def run(args) -> dict:
         DEFAULT_OPSET,
         angles_function,
         build_metadata,
-        onnx_apply_fn,
+        onnx_function,
         to_onnx_model,
     )
     from xecjax.models import build_model, make_apply
@@ -67,8 +67,7 @@ def run(args) -> dict:
     fn = angles_function(apply_fn, params)
     meta = build_metadata(Normaliser(), model_cfg, raw_input=False, opset=DEFAULT_OPSET)
     t0 = time.perf_counter()
-    exported = angles_function(onnx_apply_fn(model_cfg, apply_fn), params)  # as export_model
-    proto = to_onnx_model(exported, meta).SerializeToString()
+    proto = to_onnx_model(onnx_function(apply_fn, params, model_cfg), meta).SerializeToString()
     export_s = time.perf_counter() - t0
 
     threads = args.threads or len(os.sched_getaffinity(0))
