@@ -339,3 +339,25 @@ def test_real_data_without_truth(toy, tmp_path):
     with pytest.raises(DataError, match="real.root.*no branch 'emiAng'"):
         _loader([Source(path, 0, 40)])
     shutil.rmtree(tmp_path)
+
+
+def test_large_chunks_are_written_as_bounded_baskets(tmp_path, monkeypatch):
+    import xecjax.rootio as rootio
+
+    rng = np.random.default_rng(3)
+    ev = {
+        "npho": rng.normal(size=(25, 4760)).astype(np.float32),
+        "run": np.arange(25, dtype=np.int32),
+    }
+    monkeypatch.setattr(rootio, "BASKET_BYTES", 4 * 4760 * 4)  # four events of npho
+    path = write_tree(tmp_path / "b.root", ev)
+    with uproot.open(path) as f:
+        t = f["tree"]
+        assert t["npho"].num_baskets == 7  # 25 events in baskets of 4
+        assert t["run"].num_baskets == 7  # every branch flushed together
+        got = t.arrays(["npho", "run"], library="np")
+    np.testing.assert_array_equal(got["npho"], ev["npho"])
+    np.testing.assert_array_equal(got["run"], ev["run"])
+    with pytest.raises(ValueError, match="unequal length"):
+        write_tree(tmp_path / "bad.root", {"npho": ev["npho"], "run": ev["run"][:3]})
+    assert not list(tmp_path.glob("*bad*"))  # nothing left behind

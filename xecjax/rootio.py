@@ -173,6 +173,12 @@ def read_per_event(
 # Writing
 # ----------------------------------------------------------------------------------------------
 COMPRESSIONS = {"lz4": lambda: uproot.LZ4(1), "zlib": lambda: uproot.ZLIB(1)}
+# Largest basket written, bytes of one branch: each extend() becomes baskets of at most this
+# size. uproot byte-swaps, copies, compresses, checksums and joins every basket in memory (six
+# passes); a 19 MB basket (1000 toy events of one per-sensor branch) makes each pass a trip to
+# DRAM, a 2 MB one stays in cache: toy writing costs 250 instead of 650 us of CPU per event.
+# Reading is as fast either way (measured 38-44 us per event for two per-sensor branches).
+BASKET_BYTES = 2 << 20
 
 
 def compression_of(name: str):
@@ -223,8 +229,15 @@ class TreeWriter:
         chunk = {k: np.ascontiguousarray(v) for k, v in chunk.items()}
         if self._tree is None:
             self._tree = self._file.mktree(self.tree_name, branch_types(chunk))
-        self._tree.extend(chunk)
-        self.entries += len(next(iter(chunk.values())))
+        lengths = {k: len(v) for k, v in chunk.items()}
+        n = next(iter(lengths.values()))
+        if any(m != n for m in lengths.values()):
+            raise ValueError(f"{str(self.path)!r}: branches of unequal length {lengths}")
+        widest = max(v.nbytes // max(len(v), 1) for v in chunk.values())  # bytes per entry
+        step = max(1, BASKET_BYTES // max(widest, 1))
+        for a in range(0, n, step):
+            self._tree.extend({k: v[a : a + step] for k, v in chunk.items()})
+        self.entries += n
 
     def __exit__(self, exc_type, exc, tb) -> None:
         try:

