@@ -41,7 +41,6 @@ def get_model_config(variant: str) -> ml_collections.ConfigDict:
     m.head_dropout = 0.2
     m.drop_path = 0.0  # max stochastic depth rate (linear over CNN / hex blocks)
     m.uncertainty = False  # True: 4 outputs (theta, phi, log_sigma_theta, log_sigma_phi)
-    m.dtype = "float32"  # compute dtype: "float32" | "bfloat16" (parameters stay float32)
     if variant == "toy":
         # 4 x 4 face grid as the reference: a 2 x 2 resize of the 46 x 21 inner map reads only
         # rows 11 and 34 (no antialias), leaving the face centre outside the token.

@@ -29,7 +29,6 @@ def get_model_config(variant: str) -> ml_collections.ConfigDict:
     m.head_dropout = 0.2
     m.drop_path = 0.0  # max stochastic depth rate (linear over blocks)
     m.uncertainty = False  # True: 4 outputs (theta, phi, log_sigma_theta, log_sigma_phi)
-    m.dtype = "float32"  # compute dtype: "float32" | "bfloat16" (parameters stay float32)
     if variant == "toy":
         m.dim, m.depth, m.k, m.heads, m.head_hidden = 32, 2, 6, 4, 128
     elif variant == "smoke":

@@ -211,6 +211,9 @@ def test_build_model_rejects_bad_options():
         build_model(model_config("convnext", "smoke", outer_mode="coarse"), rngs=nnx.Rngs(0))
     with pytest.raises(ValueError, match="d_model"):
         build_model(model_config("convnext", "smoke", d_model=48), rngs=nnx.Rngs(0))
+    for family in ("convnext", "graph"):  # bf16 compute has one switch: config.train.bf16
+        with pytest.raises(ValueError, match="config.train.bf16"):
+            build_model(model_config(family, "smoke", dtype="bfloat16"), rngs=nnx.Rngs(0))
     _, params, apply_fn = smoke_apply("graph")
     with pytest.raises(ValueError, match="4760"):
         apply_fn(params, jnp.zeros((2, 4092, 2)), False, None)

@@ -205,7 +205,7 @@ def experiment_config(
     c.train.eval_every = 1  # validate (EMA parameters) every N epochs and at the end
     c.train.log_every = 50  # steps between TensorBoard train-loss points
     c.train.checkpoint_every_steps = 0  # extra `last` checkpoints within an epoch; 0 = epoch ends
-    c.train.bf16 = False  # bfloat16 compute (parameters and optimiser stay float32)
+    c.train.bf16 = False  # bfloat16 compute, the one switch (parameters, optimiser, export f32)
     c.train.nan_policy = "stop"  # stop (keep the last good checkpoint) | skip (drop the batch)
     c.train.debug_nan_step = -1  # tests: make the loss NaN at this global step; -1 = off
     c.train.export_onnx = False  # export the best EMA model to <workdir>/model.onnx at the end

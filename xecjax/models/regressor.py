@@ -36,14 +36,22 @@ from xecjax.models.layers import (
 )
 
 OUTER_MODES = ("finegrid", "split")
-DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
 
 def compute_dtype(cfg: ml_collections.ConfigDict):
-    """The jnp dtype named by model.dtype ("float32" | "bfloat16")."""
-    if cfg.dtype not in DTYPES:
-        raise ValueError(f"model.dtype must be one of {sorted(DTYPES)}, got {cfg.dtype!r}")
-    return DTYPES[cfg.dtype]
+    """float32: the modules always compute in float32.
+
+    bfloat16 compute has one switch, config.train.bf16 (training casts parameters and inputs);
+    the model config, which travels into checkpoints and ONNX files, does not carry one. A
+    config that still names another model.dtype is refused rather than silently ignored.
+    """
+    dtype = cfg.get("dtype", "float32")
+    if dtype != "float32":
+        raise ValueError(
+            f"model.dtype = {dtype!r}: bfloat16 compute is set by config.train.bf16 only "
+            "(the model itself computes in float32, for evaluation and ONNX export)"
+        )
+    return jnp.float32
 
 
 def output_dim(cfg: ml_collections.ConfigDict) -> int:
