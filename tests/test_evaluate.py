@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import uproot
 
-from xecjax import evaluate
+from xecjax import evaluate, metrics
 from xecjax.geometry import N_SENSORS
 from xecjax.rootio import TreeWriter
 
@@ -25,7 +25,7 @@ def equator(d_phi, d_theta=None):
 
 def test_metrics_on_hand_computed_residuals():
     pred, true = equator([1.0, 2.0, 3.0, 4.0, 5.0])
-    m = evaluate.evaluation_metrics(pred, true)
+    m = metrics.evaluation_metrics(pred, true)
     assert m["phi_bias"] == pytest.approx(3.0)
     assert m["phi_rms"] == pytest.approx(np.sqrt(2.0))  # std of 1..5
     assert m["phi_skew"] == pytest.approx(0.0, abs=1e-9)
@@ -39,7 +39,7 @@ def test_metrics_on_hand_computed_residuals():
     # d_theta 1, 1, 1, -3: mean 0, std sqrt(3), skew (3 - 27) / 4 / 3^1.5
     d_theta = np.array([1.0, 1.0, 1.0, -3.0])
     pred, true = equator(np.zeros(4), d_theta)
-    m = evaluate.evaluation_metrics(pred, true)
+    m = metrics.evaluation_metrics(pred, true)
     assert (m["theta_bias"], m["theta_rms"]) == pytest.approx((0.0, np.sqrt(3.0)))
     assert m["theta_skew"] == pytest.approx(-6.0 / 3.0**1.5)
 
@@ -47,7 +47,7 @@ def test_metrics_on_hand_computed_residuals():
 def test_phi_residual_wraps_around():
     true = np.array([[90.0, 179.0], [90.0, -179.5]])
     pred = np.array([[90.0, -179.0], [90.0, 179.5]])
-    m = evaluate.evaluation_metrics(pred, true)
+    m = metrics.evaluation_metrics(pred, true)
     assert m["phi_bias"] == pytest.approx(0.5)  # +2 and -1, not -358 and +359
     assert m["phi_rms"] == pytest.approx(1.5)
     assert m["psi_90"] < 2.0 + 1e-6
@@ -56,10 +56,10 @@ def test_phi_residual_wraps_around():
 def test_perfect_predictor_has_zero_resolution():
     rng = np.random.default_rng(1)
     true = np.stack([rng.uniform(70, 110, 500), rng.uniform(-60, 60, 500)], 1)
-    m = evaluate.evaluation_metrics(true.copy(), true)
+    m = metrics.evaluation_metrics(true.copy(), true)
     for k in ("theta_bias", "theta_rms", "phi_bias", "phi_rms", "psi_50", "psi_68", "psi_90"):
         assert abs(m[k]) < 1e-4, k
-    prof = evaluate.profiles_of(true.copy(), true)
+    prof = metrics.profiles_of(true.copy(), true)
     assert np.nanmax(np.abs(prof["theta"]["psi68"])) < 1e-4
 
 
@@ -71,7 +71,7 @@ def test_profile_bins_events_correctly():
     spread = np.linspace(-1, 1, per_bin)
     d_theta = np.concatenate([spread, 2 * spread, [0.0, 50.0, 50.0]])
     pred, true = equator(np.zeros(len(var)), d_theta)
-    prof = evaluate.resolution_profile(var, pred, true, edges)
+    prof = metrics.resolution_profile(var, pred, true, edges)
     np.testing.assert_array_equal(prof["n"], [per_bin, 0, per_bin, 1])  # 40 is in the last bin
     np.testing.assert_allclose(prof["centers"], [5, 15, 25, 35])
     np.testing.assert_allclose(prof["theta_width68"][[0, 2, 3]], [0.68, 1.36, 0.0], atol=1e-9)

@@ -48,11 +48,9 @@ import numpy as np
 
 from xecjax import plots
 from xecjax.geometry import N_SENSORS
-from xecjax.metrics import angle_metrics, opening_angles, weighted_quantile
+from xecjax.metrics import evaluation_metrics, opening_angles, profiles_of
 from xecjax.rootio import TreeWriter
 
-PERCENTILES = (50, 68, 90)
-PROFILE_BINS = 20
 CSV_COLUMNS = ("true_theta", "true_phi", "pred_theta", "pred_phi", "run", "event")
 VAL_TREE_DTYPES = {
     "run_id": np.int32, "event_id": np.int32, "pred_theta": np.float32, "pred_phi": np.float32,
@@ -61,70 +59,6 @@ VAL_TREE_DTYPES = {
     "z_truth": np.float32, "x_vtx": np.float32, "y_vtx": np.float32, "z_vtx": np.float32,
 }  # fmt: skip
 BASELINES = ("baseline_fit", "baseline_centroid", "baseline_fit_vertex")
-
-
-# ----------------------------------------------------------------------------------------------
-# Metrics and profiles (NumPy).
-# ----------------------------------------------------------------------------------------------
-def evaluation_metrics(pred: np.ndarray, true: np.ndarray, weight=None) -> dict[str, float]:
-    """metrics.angle_metrics plus psi_50, psi_68, psi_90: opening-angle percentiles (deg).
-
-    pred [N, >=2], true [N, 2] (theta, phi) in degrees; weight [N] optional (0 excludes).
-    """
-    out = angle_metrics(pred, true, weight)
-    psi = opening_angles(pred, true) if len(pred) else np.zeros(0)
-    for q in PERCENTILES:
-        out[f"psi_{q}"] = weighted_quantile(psi, q / 100, weight)
-    return out
-
-
-def width68(d: np.ndarray) -> float:
-    """Half the distance between the 16th and 84th percentiles (sigma for a Gaussian)."""
-    if len(d) == 0:
-        return float("nan")
-    lo, hi = np.percentile(d, [16, 84])
-    return float(hi - lo) / 2
-
-
-def resolution_profile(
-    var: np.ndarray, pred: np.ndarray, true: np.ndarray, edges: np.ndarray
-) -> dict[str, np.ndarray]:
-    """Resolution in bins of a true quantity var [N] (e.g. true theta), bin edges [M + 1].
-
-    Returns arrays [M]: centers, n, theta_width68 / phi_width68 (width68 of d_theta and wrapped
-    d_phi), psi68 (68th percentile of the opening angle), theta_bias / phi_bias (medians);
-    NaN in empty bins. Events outside the edges are ignored.
-    """
-    from xecjax.geometry import wrap_deg
-
-    d_theta = pred[:, 0] - true[:, 0]
-    d_phi = wrap_deg(pred[:, 1] - true[:, 1])
-    psi = opening_angles(pred, true) if len(pred) else np.zeros(0)
-    idx = np.digitize(var, edges) - 1
-    idx[var == edges[-1]] = len(edges) - 2  # the last edge belongs to the last bin
-    keys = ("n", "theta_width68", "phi_width68", "psi68", "theta_bias", "phi_bias")
-    out = {k: np.full(len(edges) - 1, np.nan) for k in keys}
-    for b in range(len(edges) - 1):
-        sel = idx == b
-        out["n"][b] = sel.sum()
-        if sel.any():
-            out["theta_width68"][b] = width68(d_theta[sel])
-            out["phi_width68"][b] = width68(d_phi[sel])
-            out["psi68"][b] = np.percentile(psi[sel], 68)
-            out["theta_bias"][b] = np.median(d_theta[sel])
-            out["phi_bias"][b] = np.median(d_phi[sel])
-    out["centers"] = (edges[:-1] + edges[1:]) / 2
-    return out
-
-
-def profiles_of(pred: np.ndarray, true: np.ndarray, bins: int = PROFILE_BINS) -> dict:
-    """{"theta": profile vs true theta, "phi": profile vs true phi}, [bins] over the data range."""
-    out = {}
-    for k, var in enumerate(("theta", "phi")):
-        lo, hi = (float(np.min(true[:, k])), float(np.max(true[:, k]))) if len(true) else (0, 1)
-        edges = np.linspace(lo, hi if hi > lo else lo + 1, bins + 1)
-        out[var] = resolution_profile(true[:, k], pred, true, edges)
-    return out
 
 
 # ----------------------------------------------------------------------------------------------
