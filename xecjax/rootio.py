@@ -176,9 +176,10 @@ COMPRESSIONS = {"lz4": lambda: uproot.LZ4(1), "zlib": lambda: uproot.ZLIB(1)}
 # Largest basket written, bytes of one branch: each extend() becomes baskets of at most this
 # size. uproot byte-swaps, copies, compresses, checksums and joins every basket in memory (six
 # passes); a 19 MB basket (1000 toy events of one per-sensor branch) makes each pass a trip to
-# DRAM, a 2 MB one stays in cache: toy writing costs 250 instead of 650 us of CPU per event.
-# Reading is as fast either way (measured 38-44 us per event for two per-sensor branches).
-BASKET_BYTES = 2 << 20
+# DRAM: toy writing costs 650 us of CPU per event in 19 MB baskets, 250-300 in 2-4 MB ones
+# (4 MB = 220 toy events; the simulation writes chunks of 200 events, one basket each).
+# Fewer baskets read faster: each costs uproot ~0.1 ms of Python.
+BASKET_BYTES = 4 << 20
 
 
 def compression_of(name: str):
