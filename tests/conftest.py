@@ -10,3 +10,7 @@ os.environ.setdefault(
     "JAX_COMPILATION_CACHE_DIR", str(Path(__file__).resolve().parents[1] / ".pytest_cache" / "jax")
 )
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "1")
+
+from xecjax.distributed import keep_freed_host_memory  # noqa: E402
+
+keep_freed_host_memory()  # as the entry points do: XLA's step temporaries stay in the heap

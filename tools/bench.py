@@ -23,6 +23,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import benchmarks  # noqa: E402
 
+from xecjax.distributed import keep_freed_host_memory  # noqa: E402
+
 
 def peak_rss_mb() -> float:
     """Peak resident memory of this process (MiB); Linux reports ru_maxrss in KiB."""
@@ -30,6 +32,7 @@ def peak_rss_mb() -> float:
 
 
 def main(argv: list[str] | None = None) -> int:
+    keep_freed_host_memory()  # as the entry points do, before JAX's first computation
     names = sorted(m.name for m in pkgutil.iter_modules(benchmarks.__path__))
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("name", choices=names)

@@ -14,10 +14,12 @@ from __future__ import annotations
 import argparse
 import sys
 
+from xecjax.distributed import keep_freed_host_memory
 from xecjax.export import DEFAULT_OPSET, PARITY_TOLERANCE_DEG, ExportError, export_run
 
 
 def main(argv: list[str] | None = None) -> int:
+    keep_freed_host_memory()  # before JAX's first computation
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("run", help="training workdir or <workdir>/checkpoints/<which>")
     p.add_argument("--output", required=True, help="the .onnx file to write")

@@ -36,6 +36,7 @@ from pathlib import Path
 
 import numpy as np
 
+from xecjax.distributed import keep_freed_host_memory
 from xecjax.evaluate import val_tree_columns
 from xecjax.geometry import N_SENSORS
 from xecjax.normalise import Normaliser
@@ -262,6 +263,7 @@ def _norm_overrides(items: list[str]) -> dict[str, str]:
 
 
 def main(argv: list[str] | None = None) -> int:
+    keep_freed_host_memory()
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--onnx", required=True, help="model exported by tools/export_onnx.py")
     p.add_argument("--input", required=True, nargs="+", help="ROOT file(s), directory or glob")

@@ -47,6 +47,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from xecjax import plots
+from xecjax.distributed import keep_freed_host_memory
 from xecjax.geometry import N_SENSORS
 from xecjax.metrics import evaluation_metrics, opening_angles, profiles_of
 from xecjax.rootio import TreeWriter
@@ -383,6 +384,7 @@ def log_to_mlflow(workdir: Path, meta: dict, summary: dict, paths: list[Path]) -
 
 def main(argv: list[str] | None = None) -> int:
     """Command-line entry point; 0 on success, 2 on bad input."""
+    keep_freed_host_memory()  # before JAX's first computation
     p = argparse.ArgumentParser(
         prog="python -m xecjax.evaluate", description=__doc__.splitlines()[0]
     )

@@ -38,6 +38,7 @@ from xecjax.checkpoint import Checkpointer, read_meta, resolve_checkpoint_dir
 from xecjax.config import parse_command_line
 from xecjax.distributed import (
     Preemption,
+    keep_freed_host_memory,
     make_mesh,
     maybe_initialize_distributed,
     params_digest,
@@ -482,6 +483,7 @@ def _write_json(path: Path, obj: Any) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     """Command-line entry point; 0 on success or after a preemption checkpoint."""
+    keep_freed_host_memory()  # before JAX's first computation
     config, workdir = parse_command_line(sys.argv[1:] if argv is None else argv)
     maybe_initialize_distributed()
     try:
