@@ -31,7 +31,7 @@ import numpy as np  # noqa: E402
 import uproot  # noqa: E402
 
 from xecjax import plots  # noqa: E402
-from xecjax.evaluate import PROFILE_BINS, evaluation_metrics, profiles_of  # noqa: E402
+from xecjax.metrics import PROFILE_BINS, evaluation_metrics, profiles_of  # noqa: E402
 
 NEEDED = ("pred_theta", "pred_phi", "true_theta", "true_phi", "opening_angle")
 
