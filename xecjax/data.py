@@ -43,6 +43,7 @@ from xecjax.reweight import Reweighter
 from xecjax.rootio import (
     DataError,
     check_branches,
+    check_entries,
     discover_files,
     num_entries,
     open_tree,
@@ -250,11 +251,7 @@ class Loader:
             shapes = {b: (N_SENSORS,) for b in self.normaliser.branches}
             shapes.update(self._fields.values())
             check_branches(src.path, t, shapes)
-            if src.stop > t.num_entries:
-                raise DataError(
-                    f"{src.path!r}: entries [{src.start}, {src.stop}) asked for, "
-                    f"the file has only {t.num_entries} events"
-                )
+            check_entries(src.path, t, src.start, src.stop)
             baskets = t[self.normaliser.npho_branch].entry_offsets
         finally:
             t.file.close()

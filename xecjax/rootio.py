@@ -15,6 +15,7 @@ uproot >= 5.7 writes an RNTuple for `f[name] = {...}`; `mktree` + `extend` gives
 from __future__ import annotations
 
 import glob
+import math
 import os
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
@@ -128,6 +129,15 @@ def check_branches(path: str, t, shapes: dict[str, tuple[int, ...] | None]) -> N
             )
 
 
+def check_entries(path: str, t, start: int, stop: int) -> None:
+    """DataError unless the tree holds entries [start, stop)."""
+    if stop > t.num_entries:
+        raise DataError(
+            f"{path!r}: entries [{start}, {stop}) asked for, "
+            f"the file has only {t.num_entries} events"
+        )
+
+
 def read_arrays(t, branches: Sequence[str], start: int, stop: int, executor=None) -> dict:
     """Branches of entries [start, stop) as NumPy arrays; read errors name file and range."""
     try:
@@ -158,11 +168,7 @@ def read_per_event(
         return
     try:
         check_branches(path, t, shapes)
-        if stop > t.num_entries:
-            raise DataError(
-                f"{path!r}: entries [{start}, {stop}) asked for, "
-                f"the file has only {t.num_entries} events"
-            )
+        check_entries(path, t, start, stop)
         for a in range(start, stop, _STEP):
             yield read_arrays(t, list(shapes), a, min(a + _STEP, stop))
     finally:
@@ -234,7 +240,7 @@ class TreeWriter:
         n = next(iter(lengths.values()))
         if any(m != n for m in lengths.values()):
             raise ValueError(f"{str(self.path)!r}: branches of unequal length {lengths}")
-        widest = max(v.nbytes // max(len(v), 1) for v in chunk.values())  # bytes per entry
+        widest = max(v.itemsize * math.prod(v.shape[1:]) for v in chunk.values())  # per entry
         step = max(1, BASKET_BYTES // max(widest, 1))
         for a in range(0, n, step):
             self._tree.extend({k: v[a : a + step] for k, v in chunk.items()})
