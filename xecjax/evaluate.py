@@ -74,7 +74,7 @@ def val_tree_columns(pred, true, run, event, energy, xyz_truth, xyz_vtx) -> dict
     """
     pred, true = np.asarray(pred), np.asarray(true)
     xyz_truth, xyz_vtx = np.asarray(xyz_truth), np.asarray(xyz_vtx)
-    psi = opening_angles(pred, true) if len(pred) else np.zeros(0)
+    psi = opening_angles(pred, true)
     cols = {
         "run_id": run, "event_id": event, "pred_theta": pred[:, 0], "pred_phi": pred[:, 1],
         "true_theta": true[:, 0], "true_phi": true[:, 1], "opening_angle": psi,

@@ -99,7 +99,7 @@ def evaluation_metrics(pred: np.ndarray, true: np.ndarray, weight=None) -> dict[
     pred [N, >=2], true [N, 2] (theta, phi) in degrees; weight [N] optional (0 excludes).
     """
     out = angle_metrics(pred, true, weight)
-    psi = opening_angles(pred, true) if len(pred) else np.zeros(0)
+    psi = opening_angles(pred, true)
     for q in PERCENTILES:
         out[f"psi_{q}"] = weighted_quantile(psi, q / 100, weight)
     return out
@@ -124,7 +124,7 @@ def resolution_profile(
     """
     d_theta = pred[:, 0] - true[:, 0]
     d_phi = wrap_deg(pred[:, 1] - true[:, 1])
-    psi = opening_angles(pred, true) if len(pred) else np.zeros(0)
+    psi = opening_angles(pred, true)
     idx = np.digitize(var, edges) - 1
     idx[var == edges[-1]] = len(edges) - 2  # the last edge belongs to the last bin
     keys = ("n", "theta_width68", "phi_width68", "psi68", "theta_bias", "phi_bias")
