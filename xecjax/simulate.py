@@ -55,15 +55,23 @@ def _root_key(seed_or_key) -> jax.Array:
     return key if jnp.issubdtype(key.dtype, jax.dtypes.prng_key) else jax.random.wrap_key_data(key)
 
 
-def _dispatch(root_key, run: int, first_event: int, n: int, cfg: SimConfig, real_data: bool):
-    """Start generating events first_event..first_event+n-1 of a run; returns at once.
+def _run_state(root_key, run: int, cfg: SimConfig) -> tuple:
+    """What every chunk of a run shares: run number, run key, dead channels and channel
+    efficiencies (drawn once per run), the numeric options and the static arguments."""
+    run_key = jax.random.fold_in(root_key, run)
+    alive, chan_eff = run_channels(run_key, cfg.dead_fraction, cfg.efficiency_spread)
+    static = (cfg.pileup_fraction > 0, cfg.exact_poisson_below)
+    return run, run_key, alive, chan_eff, params_of(cfg), static
+
+
+def _dispatch(state: tuple, first_event: int, n: int, real_data: bool):
+    """Start generating events first_event..first_event+n-1 of a run (_run_state); returns at
+    once.
 
     Blocks of BLOCK events keep one compiled shape (the last block is padded). Returns the
     blocks (dicts of not yet materialised jax arrays); _collect turns them into NumPy.
     """
-    run_key = jax.random.fold_in(root_key, run)
-    alive, chan_eff = run_channels(run_key, cfg.dead_fraction, cfg.efficiency_spread)
-    params, static = params_of(cfg), (cfg.pileup_fraction > 0, cfg.exact_poisson_below)
+    run, run_key, alive, chan_eff, params, static = state
     blocks = []
     for start in range(first_event, first_event + n, BLOCK):
         ids = jnp.arange(start, start + BLOCK, dtype=jnp.uint32)
@@ -106,7 +114,8 @@ def simulate(
     """
     if int(n_events) <= 0:
         raise ValueError(f"n_events = {n_events!r}: expected a positive number of events")
-    return _collect(*_dispatch(_root_key(seed_or_key), run, first_event, n_events, cfg, real_data))
+    state = _run_state(_root_key(seed_or_key), run, cfg)
+    return _collect(*_dispatch(state, first_event, n_events, real_data))
 
 
 class _Stopped(Exception):
@@ -167,9 +176,10 @@ def write_toy_files(
     def write_file(k: int) -> Path:
         n_k, path = sizes[k], out_dir / toy_file_name(seed, k)
         starts = list(range(0, n_k, chunk_size))
+        state = _run_state(root, k, cfg)
 
         def dispatch(i: int):
-            return _dispatch(root, k, starts[i], min(chunk_size, n_k - starts[i]), cfg, real_data)
+            return _dispatch(state, starts[i], min(chunk_size, n_k - starts[i]), real_data)
 
         with TreeWriter(path, "tree", compression) as writer:
             queued = collections.deque(dispatch(i) for i in range(min(AHEAD, len(starts))))
