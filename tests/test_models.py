@@ -131,22 +131,26 @@ def test_resize_matches_numpy_half_pixel_bilinear(src, dst):
     np.testing.assert_array_equal(bilinear_matrix(7, 7), np.eye(7, dtype=np.float32))
 
 
-def test_depthwise_conv_toeplitz_matches_xla_with_gradients():
+@pytest.mark.parametrize("impl", ["toeplitz", "direct"])
+def test_depthwise_conv_matches_xla_with_gradients(impl):
+    """Both CPU forms equal XLA's grouped conv, value and both gradients ("direct" has its own
+    VJP: the flipped-kernel sum for the input, the toeplitz matmul for the kernel)."""
     kx, kw = jax.random.split(jax.random.key(3))
     x = jax.random.normal(kx, (2, 11, 9, 5))
     w = jax.random.normal(kw, (7, 7, 5))
-    ct = jnp.sin(jnp.arange(2 * 11 * 9 * 5, dtype=jnp.float32)).reshape(x.shape)
+    ct = jnp.sin(jnp.arange(x.size, dtype=jnp.float32)).reshape(x.shape)
 
     def loss(impl):
         return lambda x, w: jnp.sum(depthwise_conv(x, w, impl) * ct)
 
     np.testing.assert_allclose(
-        depthwise_conv(x, w, "toeplitz"), depthwise_conv(x, w, "xla"), rtol=1e-5, atol=1e-5
+        depthwise_conv(x, w, impl), depthwise_conv(x, w, "xla"), rtol=1e-5, atol=1e-5
     )
-    for g_s, g_x in zip(
-        jax.grad(loss("toeplitz"), (0, 1))(x, w), jax.grad(loss("xla"), (0, 1))(x, w), strict=True
-    ):
+    grads = jax.grad(loss(impl), (0, 1))(x, w)
+    for g_s, g_x in zip(grads, jax.grad(loss("xla"), (0, 1))(x, w), strict=True):
         np.testing.assert_allclose(g_s, g_x, rtol=1e-4, atol=1e-4)
+    with pytest.raises(ValueError, match="model.dwconv must be one of"):
+        depthwise_conv(x, w, "fft")
 
 
 @pytest.mark.parametrize("name", ["regressor_finegrid", "graph"])
