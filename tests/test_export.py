@@ -123,11 +123,11 @@ def test_parity_with_jax(exported):
 
 
 def test_graph_uses_the_fast_onnxruntime_kernels(exported, tmp_path):
-    """The smoke model trains with the toeplitz depthwise conv; its graph must hold grouped Conv
-    nodes, native LayerNormalization, and GELUs that onnxruntime fuses into one Gelu kernel (the
-    forms that made the reference-size model 244 -> ~40 ms at batch 1, tools/bench.py onnx)."""
+    """The smoke model trains with the direct (CPU) depthwise conv; its graph must hold grouped
+    Conv nodes, native LayerNormalization, and GELUs that onnxruntime fuses into one Gelu kernel
+    (the forms that made the reference-size model 244 -> ~40 ms at batch 1, tools/bench.py onnx)."""
     model_cfg = exported["ckpt"][0]
-    assert model_cfg.dwconv == "toeplitz"
+    assert model_cfg.dwconv == "direct"
     graph = onnx.load(exported["normalised"]).graph
     groups = [
         a.i for n in graph.node if n.op_type == "Conv" for a in n.attribute if a.name == "group"
