@@ -81,12 +81,13 @@ def onnx_function(
 ) -> Callable[[jax.Array], jax.Array]:
     """The function whose graph is exported: angles_function with depthwise convs as ONNX Conv.
 
-    The "toeplitz" depthwise convolution (banded matmuls, fast for XLA on CPU) becomes batched
-    MatMuls in ONNX that onnxruntime runs slower than its own grouped Conv; the parameters are
-    the same for both forms, so a model trained with either exports with dwconv="xla". The
-    metadata keeps the training config. Other models: apply_fn unchanged. apply_fn must be the
-    model of model_cfg (as load_for_inference returns it): for a toeplitz model it is rebuilt
-    from model_cfg, and the parity check compares the export against apply_fn.
+    The CPU forms of the depthwise convolution ("direct": 49 shifted products per block,
+    "toeplitz": banded matmuls) become many small ONNX nodes that onnxruntime runs slower than
+    its own grouped Conv (and jax2onnx converts "direct" in minutes); the parameters are the
+    same for all forms, so a model trained with any exports with dwconv="xla". The metadata
+    keeps the training config. Other models: apply_fn unchanged. apply_fn must be the model of
+    model_cfg (as load_for_inference returns it): for a CPU-form model it is rebuilt from
+    model_cfg, and the parity check compares the export against apply_fn.
     """
     if model_cfg.get("dwconv", "xla") != "xla":
         from flax import nnx
