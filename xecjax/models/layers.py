@@ -118,6 +118,15 @@ def _toeplitz_index(width: int, k: int) -> tuple[np.ndarray, np.ndarray]:
     return np.where(valid, tap, 0), valid.astype(np.float32)
 
 
+def _row_shifts(xt: jax.Array, k: int) -> jax.Array:
+    """Channel-major padded x [C, B, H + k - 1, Wp] -> its k row shifts side by side,
+    [C, B * H, k * Wp]: row (b, h) holds padded rows h .. h + k - 1 of event b."""
+    c, b, hp, wp = xt.shape
+    h = hp - (k - 1)
+    rows = jnp.concatenate([xt[:, :, i : i + h] for i in range(k)], axis=-1)
+    return rows.reshape(c, b * h, k * wp)
+
+
 def _depthwise_toeplitz(x: jax.Array, w: jax.Array) -> jax.Array:
     b, h, wd, c = x.shape
     k = w.shape[0]
@@ -127,9 +136,7 @@ def _depthwise_toeplitz(x: jax.Array, w: jax.Array) -> jax.Array:
     band = (w[:, tap, :] * jnp.asarray(valid, w.dtype)[None, :, :, None]).transpose(3, 0, 1, 2)
     band = band.reshape(c, k * (wd + 2 * p), wd)
     xp = jnp.pad(x, ((0, 0), (p, p), (p, p), (0, 0))).transpose(3, 0, 1, 2)  # [C, B, H+2p, Wp]
-    rows = jnp.concatenate([xp[:, :, i : i + h] for i in range(k)], axis=-1)
-    rows = rows.reshape(c, b * h, k * (wd + 2 * p))
-    out = jnp.einsum("cnv,cvw->cnw", rows, band)
+    out = jnp.einsum("cnv,cvw->cnw", _row_shifts(xp, k), band)
     return out.reshape(c, b, h, wd).transpose(1, 2, 3, 0)
 
 
@@ -183,9 +190,7 @@ def _kernel_grad(x: jax.Array, g: jax.Array, k: int) -> jax.Array:
     xp = jnp.pad(x, ((0, 0), (p, p), (p, p), (0, 0))).astype(f32)
     xt = jnp.einsum("cd,bhwc->dbhw", eye, xp)  # [C, B, H + 2p, W + 2p]
     gt = jnp.einsum("cd,bhwc->dbhw", eye, g.astype(f32)).reshape(c, b * h, wd)
-    rows = jnp.concatenate([xt[:, :, i : i + h] for i in range(k)], axis=-1)
-    rows = rows.reshape(c, b * h, k * (wd + 2 * p))
-    m = jnp.einsum("cnv,cnw->cvw", rows, gt).reshape(c, k, wd + 2 * p, wd)
+    m = jnp.einsum("cnv,cnw->cvw", _row_shifts(xt, k), gt).reshape(c, k, wd + 2 * p, wd)
     tap, valid = _toeplitz_index(wd, k)
     diag = (tap[:, :, None] == np.arange(k)) & (valid[:, :, None] > 0)  # [W + 2p, W, k]
     return jnp.einsum("civw,vwj->ijc", m, jnp.asarray(diag, f32))
