@@ -17,7 +17,7 @@ from flax import nnx
 from xecjax import geometry
 from xecjax.export import onnx_function
 from xecjax.models import build_model, count_params, make_apply
-from xecjax.models.layers import bilinear_matrix, depthwise_conv, resize_bilinear
+from xecjax.models.layers import GRN, bilinear_matrix, dense, depthwise_conv, resize_bilinear
 
 CONFIGS = Path(__file__).resolve().parent.parent / "configs"
 # XLA CPU compiles dominate these tests; LLVM -O0 halves them (results are the same math).
@@ -152,6 +152,36 @@ def test_depthwise_conv_matches_xla_with_gradients(impl):
         np.testing.assert_allclose(g_s, g_x, rtol=1e-4, atol=1e-4)
     with pytest.raises(ValueError, match="model.dwconv must be one of"):
         depthwise_conv(x, w, "fft")
+
+
+@pytest.mark.parametrize("spatial", [(9, 7), (5,)])
+def test_grn_folded_into_dense_equals_grn_then_dense(spatial):
+    """GRN.then_dense (the GRN factor folded into per-sample kernels, as the CPU forms of the
+    ConvNeXt block use it): value and every gradient equal dense(grn(x)), with non-zero gamma
+    and beta, over an image and over nodes."""
+    keys = jax.random.split(jax.random.key(4), 3)
+    grn, lin = GRN(4), dense(4, 6, jnp.float32, nnx.Rngs(0))
+    grn.gamma[...] = jax.random.normal(keys[0], (4,))
+    grn.beta[...] = jax.random.normal(keys[1], (4,))
+    x = jax.random.normal(keys[2], (3, *spatial, 4))
+    ct = jnp.cos(jnp.arange(3 * np.prod(spatial) * 6, dtype=jnp.float32)).reshape(3, *spatial, 6)
+    gdef, state = nnx.split((grn, lin))
+
+    def loss(folded):
+        def f(state, x):
+            g, d = nnx.merge(gdef, state)
+            return jnp.sum((g.then_dense(x, d) if folded else d(g(x))) * ct)
+
+        return f
+
+    np.testing.assert_allclose(loss(True)(state, x), loss(False)(state, x), rtol=1e-5)
+    for a, b in zip(
+        jax.tree.leaves(jax.grad(loss(True), (0, 1))(state, x)),
+        jax.tree.leaves(jax.grad(loss(False), (0, 1))(state, x)),
+        strict=True,
+    ):
+        assert float(jnp.max(jnp.abs(b))) > 0
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
 
 
 @pytest.mark.parametrize("name", ["regressor_finegrid", "graph"])

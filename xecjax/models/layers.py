@@ -88,14 +88,31 @@ class GRN(nnx.Module):
         self.gamma = nnx.Param(jnp.zeros((dim,), jnp.float32))
         self.beta = nnx.Param(jnp.zeros((dim,), jnp.float32))
 
-    def __call__(self, x: jax.Array) -> jax.Array:
-        x32 = x.astype(jnp.float32)
+    def factor(self, x: jax.Array) -> jax.Array:
+        """The per-(sample, channel) factor gamma * N + 1, [B, C], float32 (in bfloat16,
+        1 + a small gamma * N would round to 1)."""
         axes = tuple(range(1, x.ndim - 1))
-        g = jnp.sqrt(jnp.sum(jnp.square(x32), axis=axes, keepdims=True))
+        g = jnp.sqrt(jnp.sum(jnp.square(x.astype(jnp.float32)), axis=axes))
         n = g / (jnp.mean(g, axis=-1, keepdims=True) + 1e-6)
-        # The per-channel factor stays float32: in bfloat16, 1 + a small gamma * N rounds to 1.
-        scale = self.gamma[...] * n + 1.0
-        return (x32 * scale + self.beta[...]).astype(x.dtype)
+        return self.gamma[...] * n + 1.0
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        scale = self.factor(x).reshape(x.shape[0], *[1] * (x.ndim - 2), x.shape[-1])
+        return (x.astype(jnp.float32) * scale + self.beta[...]).astype(x.dtype)
+
+    def then_dense(self, x: jax.Array, dense: nnx.Linear) -> jax.Array:
+        """dense(self(x)), with the per-(sample, channel) GRN factor folded into the kernel.
+
+        (x * scale + beta) @ K + b = x @ (scale^T * K) + (beta @ K + b): one batched matmul
+        with a [B, C, D] kernel instead of an elementwise pass over x, the largest tensor of a
+        ConvNeXt block on CPU (reference size, batch 256: inference +8 %). Same value and
+        parameters. Worth it only where x has many more positions than the kernel has columns.
+        """
+        scale = self.factor(x)
+        kernel = dense.kernel[...]
+        bias = self.beta[...] @ kernel + dense.bias[...]
+        folded = (scale[:, :, None] * kernel).astype(x.dtype)
+        return jnp.einsum("b...c,bcd->b...d", x, folded) + bias.astype(x.dtype)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -240,7 +257,10 @@ class ConvNeXtBlock(nnx.Module):
     def __call__(self, x: jax.Array, *, train: bool, rng: jax.Array | None) -> jax.Array:
         w = self.dw_kernel[...].astype(x.dtype)
         y = depthwise_conv(x, w, self.dwconv) + self.dw_bias[...].astype(x.dtype)
-        y = self.pw2(self.grn(gelu(self.pw1(self.norm(y)))))
+        h = gelu(self.pw1(self.norm(y)))
+        # The CPU forms also fold GRN into pw2; "xla" (ONNX export, GPUs) keeps the plain graph:
+        # onnxruntime runs the per-sample MatMul slower (batch 256: 38 -> 32 events/s).
+        y = self.pw2(self.grn(h)) if self.dwconv == "xla" else self.grn.then_dense(h, self.pw2)
         return x + drop_path(y, self.drop_path, train=train, rng=rng)
 
 
