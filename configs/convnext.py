@@ -7,9 +7,9 @@ Variants: `configs/convnext.py:toy` (CPU minutes on the embedded toy data),
 Expected (toy, measured on the 2-core CPU machine): 7 epochs of 2,880 point-vertex toy
 training events (720 for validation), ~52 events/s, 8.5 min of training with compilation
 (toy files already generated), peak RSS 3.6 GB; validation 68 % opening angle 3.91 deg (3.79
-before GRN was folded into pw2, 3.85 with the toeplitz depthwise conv; 8 epochs of 3,200
-events: 2.98 deg in 15 min; run-to-run spread is large at this size; the centroid baseline
-reaches ~1 deg on such data).
+in the previous measurement, before the same-valued GRN fold changed the float order; 3.85 with
+the toeplitz depthwise conv; 8 epochs of 3,200 events: 2.98 deg in 15 min; run-to-run spread is
+large at this size; the centroid baseline reaches ~1 deg on such data).
 Resume a run: `--config.resume=auto` (same --workdir).
 """
 

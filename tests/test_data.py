@@ -379,6 +379,16 @@ def test_zlib_baskets_are_inflated_with_isal(tmp_path, monkeypatch):
             assert f.file.compression.name == "ZLIB"
             return f["tree"]["npho"].array(library="np")
 
+    import isal.isal_zlib
+
+    calls = []
+    inflate = isal.isal_zlib.decompress
+    monkeypatch.setattr(
+        isal.isal_zlib, "decompress", lambda *a, **k: calls.append(1) or inflate(*a, **k)
+    )
     np.testing.assert_array_equal(read(), ev["npho"])
+    n_isal = len(calls)
+    assert n_isal > 0  # uproot really inflated through isal
     monkeypatch.setattr(uproot.compression._decompress_ZLIB, "library", "zlib")
     np.testing.assert_array_equal(read(), ev["npho"])
+    assert len(calls) == n_isal  # ... and the standard library gives the same arrays

@@ -174,7 +174,7 @@ def test_grn_folded_into_dense_equals_grn_then_dense(spatial):
 
         return f
 
-    np.testing.assert_allclose(loss(True)(state, x), loss(False)(state, x), rtol=1e-5)
+    np.testing.assert_allclose(loss(True)(state, x), loss(False)(state, x), rtol=1e-5, atol=1e-5)
     for a, b in zip(
         jax.tree.leaves(jax.grad(loss(True), (0, 1))(state, x)),
         jax.tree.leaves(jax.grad(loss(False), (0, 1))(state, x)),

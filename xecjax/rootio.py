@@ -41,6 +41,7 @@ def _inflate_with_isal() -> str:
     event; `tools/bench.py data`, ZLIB: +9 %). uproot picks the ZLIB decompressor through a
     module-level instance of its private _DecompressZLIB class: setting the documented
     `uproot.ZLIB.library` only affects writing (which stays with zlib), not reading.
+    Importing xecjax.rootio sets it for the whole process (over any library chosen before).
     Returns the library in use.
     """
     try:

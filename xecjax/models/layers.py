@@ -81,7 +81,7 @@ class GRN(nnx.Module):
 
     G = ||x||_2 over space, N = G / (mean_C G + 1e-6), y = gamma * (x * N) + beta + x,
     gamma = beta = 0 at init (identity). Computed as x * (gamma * N + 1) + beta: the same
-    value with two passes over x instead of four (the per-channel factor is [B, 1.., C]).
+    value with two passes over x instead of four (the factor is [B, C], broadcast over space).
     """
 
     def __init__(self, dim: int):
@@ -107,6 +107,7 @@ class GRN(nnx.Module):
         with a [B, C, D] kernel instead of an elementwise pass over x, the largest tensor of a
         ConvNeXt block on CPU (reference size, batch 256: inference +8 %). Same value and
         parameters. Worth it only where x has many more positions than the kernel has columns.
+        For a Linear with a bias whose compute dtype is x.dtype (as the blocks' pw2).
         """
         scale = self.factor(x)
         kernel = dense.kernel[...]
