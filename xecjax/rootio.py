@@ -33,7 +33,7 @@ _OPEN = {
 _STEP = 200_000  # events per read of the small per-event branches
 
 
-def _inflate_with_isal() -> str:
+def _inflate_with_isal() -> None:
     """ZLIB baskets are inflated with ISA-L (the `isal` package, a dependency) where it imports.
 
     ISA-L's inflate reads the same zlib streams faster than the standard library's (reading
@@ -42,17 +42,20 @@ def _inflate_with_isal() -> str:
     module-level instance of its private _DecompressZLIB class: setting the documented
     `uproot.ZLIB.library` only affects writing (which stays with zlib), not reading.
     Importing xecjax.rootio sets it for the whole process (over any library chosen before).
-    Returns the library in use.
     """
     try:
         import isal.isal_zlib  # noqa: F401
     except ImportError:
-        return "zlib"
+        return
     uproot.compression._decompress_ZLIB.library = "isal"
-    return "isal"
 
 
-ZLIB_INFLATE = _inflate_with_isal()
+def zlib_inflate() -> str:
+    """The library uproot inflates ZLIB baskets with now ("isal" or "zlib")."""
+    return uproot.compression._decompress_ZLIB.library
+
+
+_inflate_with_isal()
 
 
 # ----------------------------------------------------------------------------------------------
