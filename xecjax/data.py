@@ -13,11 +13,14 @@ The pipeline, per epoch:
            gives the same batches, and `epoch(e, skip_batches=k)` resumes exactly, reading only
            the chunks that still hold events of batches >= k.
   read     `workers` threads read chunks with uproot (only the needed branches, library="np",
-           parallel decompression), normalise them with the Normaliser (NumPy, in place) and
-           apply channel dropout and sample weights.
-  batch    a background thread places chunk rows in a fixed pool of slots
-           (shuffle_buffer + chunk + batch events) and gathers batches from it into a bounded
-           queue of `prefetch` batches, so reading overlaps the consumer's compute.
+           parallel decompression) and normalise them with the Normaliser (NumPy), _BLOCK
+           events at a time, straight into their slots of a fixed pool (with channel dropout),
+           so each event's input is written once before its batch; sample weights are applied.
+  batch    a background thread gathers batches from the pool into a bounded queue of
+           `prefetch` batches, so reading overlaps the consumer's compute. The plan also gives
+           every event its pool slot: slots are handed to a read when it is submitted and
+           return when their batch is emitted, so the pool holds at most ~shuffle_buffer +
+           batch_size + (workers + 2) * chunk_size events (`Loader.pool_events`).
 Memory is set by chunk_size, shuffle_buffer, batch_size, workers and prefetch, not by file sizes
 (the epoch plan holds 12 bytes per event). Events are checked once, when the Loader is built:
 non-finite truth and, optionally, the fiducial cut on uvwTruth remove events; empty files are
@@ -75,6 +78,7 @@ TRUTH = {
     "energy": ("energyTruth", ()),
 }
 IDS = {"run": ("run", ()), "event": ("event", ())}
+_BLOCK = 32  # events normalised and copied into the pool at a time (~1.2 MB, stays in cache)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -362,78 +366,103 @@ class Loader:
         except BaseException as e:  # handed to the consumer, raised there
             put(e)
 
-    def _run(self, epoch: int, skip: int, put, stop: threading.Event) -> None:
+    def _schedule(self, epoch: int, skip: int):
+        """The producer's steps for one epoch and the pool slot of every event it reads.
+
+        Returns (tasks: (chunk, needed rows among the chunk's used events, their pool slots),
+        actions: ("read", k) submit task k, ("place", k) take task k's small fields, ("emit", j)
+        batch j, in the order the producer does them; batch_slots: the pool slots of batch j's
+        rows; the pool size). Slots are given out when a
+        read is submitted, because the reader writes its normalised events straight into them,
+        and return when their batch is emitted (copied out); the producer performs the actions
+        in this order, so a slot is never written while an earlier event still needs it.
+        """
         b, nb, lb = self.batch_size, self.num_batches(), self.local_batch
         order, offsets, perm, ready = self._plan(epoch)
         need = np.zeros(self._n, bool)
         pos = np.arange(skip * b, min(nb * b, self._n))
         need[order[pos[(pos % b) // lb == self.rank]]] = True  # this process's slices
-        tasks = collections.deque()  # (step, chunk, needed rows among the chunk's used events)
+        tasks = []
         for s, ci in enumerate(perm):
             rows = np.flatnonzero(need[offsets[s] : offsets[s + 1]])
             if len(rows):
                 tasks.append((s, ci, rows))
         if not tasks and skip < nb:  # only padding for this process: one row as a template
             tasks.append((0, perm[0], np.zeros(1, np.int64)))
-        cap = (self.shuffle_buffer if self.shuffle else 0) + b
-        cap += max((c.n for c in self._chunks), default=0)
+        ahead = min(self.workers + 1, len(tasks))  # bounded read-ahead: memory stays fixed
+        actions = [("read", k) for k in range(ahead)]
+        placed, j = 0, skip
+        for s in range(len(perm)):
+            if placed < len(tasks) and tasks[placed][0] == s:
+                if ahead < len(tasks):
+                    actions.append(("read", ahead))
+                    ahead += 1
+                actions.append(("place", placed))
+                placed += 1
+            while j < nb and ready[j] <= s:
+                actions.append(("emit", j))
+                j += 1
+        actions += [("emit", j) for j in range(j, nb)]
+
         slot_of = np.full(self._n, -1, np.int64)
-        free, top = np.arange(cap), cap  # stack of free pool slots
-        pool: dict[str, np.ndarray] = {}
+        batch_slots: dict[int, np.ndarray] = {}
+        free, size = np.zeros(0, np.int64), 0  # stack of free slots; slots given out so far
+        for what, k in actions:
+            if what == "read":
+                s, _, rows = tasks[k]
+                reuse = min(len(rows), len(free))
+                slots = np.concatenate(
+                    [free[len(free) - reuse :], np.arange(size, size + len(rows) - reuse)]
+                )
+                free, size = free[: len(free) - reuse], size + len(rows) - reuse
+                slot_of[offsets[s] + rows] = slots
+                tasks[k] = (tasks[k][1], rows, slots)
+            elif what == "emit":
+                lo = k * b + self.rank * lb
+                batch_slots[k] = slot_of[order[lo : max(lo, min(lo + lb, self._n))]]
+                free = np.concatenate([free, batch_slots[k]])
+        return tasks, actions, batch_slots, size
+
+    def pool_events(self, epoch: int = 0) -> int:
+        """Events the pool of an epoch holds (its memory: ~38 kB of input per event)."""
+        return self._schedule(epoch, 0)[3]
+
+    def _run(self, epoch: int, skip: int, put, stop: threading.Event) -> None:
+        tasks, actions, batch_slots, size = self._schedule(epoch, skip)
+        lb = self.local_batch
+        pool: dict[str, np.ndarray] = {"x": np.empty((size, N_SENSORS, 2), np.float32)}
         trees = _Trees(self.tree)
         with (
             ThreadPoolExecutor(self.workers, "xecjax-read") as ex,
             ThreadPoolExecutor(self.workers, "xecjax-unzip") as unzip,
         ):
-            pending = collections.deque()
-
-            def submit() -> None:
-                if tasks:
-                    s, ci, rows = tasks.popleft()
-                    pending.append((s, rows, ex.submit(self._read, trees, unzip, epoch, ci, rows)))
-
-            def emit(j: int) -> bool:
-                nonlocal top
-                lo = j * b + self.rank * lb
-                slots = slot_of[order[lo : max(lo, min(lo + lb, self._n))]]
-                batch = {k: v[slots] for k, v in pool.items()}
-                free[top : top + len(slots)] = slots
-                top += len(slots)
-                batch["valid"] = np.arange(lb) < len(slots)
-                if len(slots) < lb:
-                    batch = {k: self._pad(k, v, lb) for k, v in batch.items()}
-                return put(batch)
-
+            pending: dict[int, Any] = {}
             try:
-                for _ in range(self.workers + 1):  # bounded read-ahead: memory stays fixed
-                    submit()
-                j = skip
-                for s in range(len(perm)):
-                    if pending and pending[0][0] == s:
-                        _, rows, fut = pending.popleft()
-                        submit()
-                        data = fut.result()
-                        if not pool:
-                            pool = {
-                                k: np.empty((cap, *v.shape[1:]), v.dtype) for k, v in data.items()
-                            }
-                        slots = free[top - len(rows) : top].copy()
-                        top -= len(rows)
-                        for k, v in data.items():
-                            pool[k][slots] = v
-                        slot_of[offsets[s] + rows] = slots
-                    while j < nb and ready[j] <= s:
-                        if not emit(j):
-                            return
-                        j += 1
+                for what, k in actions:
                     if stop.is_set():
                         return
-                while j < nb:
-                    if not emit(j):
-                        return
-                    j += 1
+                    if what == "read":
+                        ci, rows, slots = tasks[k]
+                        pending[k] = ex.submit(
+                            self._read, trees, unzip, epoch, ci, rows, pool["x"], slots
+                        )
+                    elif what == "place":
+                        data = pending.pop(k).result()
+                        slots = tasks[k][2]
+                        for key, v in data.items():
+                            if key not in pool:
+                                pool[key] = np.empty((size, *v.shape[1:]), v.dtype)
+                            pool[key][slots] = v
+                    else:
+                        slots = batch_slots.pop(k)
+                        batch = {key: v[slots] for key, v in pool.items()}
+                        batch["valid"] = np.arange(lb) < len(slots)
+                        if len(slots) < lb:
+                            batch = {key: self._pad(key, v, lb) for key, v in batch.items()}
+                        if not put(batch):
+                            return
             finally:
-                for *_, fut in pending:
+                for fut in pending.values():
                     fut.cancel()
                 ex.shutdown(wait=True)
                 trees.close()
@@ -446,31 +475,43 @@ class Loader:
             return v
         return np.concatenate([v, pad])
 
-    def _read(self, trees: _Trees, unzip, epoch: int, ci: int, rows: np.ndarray) -> dict:
-        """Read, select, normalise one chunk (reader thread): dict of arrays [len(rows), ...]."""
+    def _read(
+        self,
+        trees: _Trees,
+        unzip,
+        epoch: int,
+        ci: int,
+        rows: np.ndarray,
+        pool_x: np.ndarray,
+        slots: np.ndarray,
+    ) -> dict:
+        """Read one chunk (reader thread); normalise its needed events straight into their pool
+        slots, _BLOCK events at a time (the block stays in cache between the normalisation and
+        the copy into the pool); return the other fields as a dict of arrays [len(rows), ...]."""
         c = self._chunks[ci]
         t = trees.get(self._sources[c.part].path)
         big = list(self.normaliser.branches)
         arrs = read_arrays(t, big + [br for br, _ in self._fields.values()], c.start, c.stop, unzip)
         sel = rows if c.rows is None else c.rows[rows]
-        whole = len(sel) == c.stop - c.start  # then sel is arange: skip the copies
-
-        def take(a: np.ndarray) -> np.ndarray:
-            return a if whole else a[sel]
-
-        x = np.empty((len(sel), N_SENSORS, 2), np.float32)
-        self.normaliser.into(take(arrs[big[0]]), take(arrs[big[1]]), x)
+        whole = len(sel) == c.stop - c.start  # then sel is arange: slices instead of copies
+        drop = None
         if self.channel_dropout > 0:
             # drawn for the whole chunk, so a resumed epoch drops the same channels
             rng = np.random.default_rng([self.seed, int(epoch), int(ci), 1])
-            drop = take(
-                rng.random((c.stop - c.start, N_SENSORS), np.float32) < self.channel_dropout
-            )
-            x[..., 0][drop] = self.normaliser.sentinel_npho
-            x[..., 1][drop] = self.normaliser.sentinel_time
-        out = {"x": x}
+            drop = rng.random((c.stop - c.start, N_SENSORS), np.float32) < self.channel_dropout
+        buf = np.empty((_BLOCK, N_SENSORS, 2), np.float32)
+        for i in range(0, len(sel), _BLOCK):
+            part = slice(i, i + _BLOCK) if whole else sel[i : i + _BLOCK]
+            x = buf[: len(slots[i : i + _BLOCK])]
+            self.normaliser.into(arrs[big[0]][part], arrs[big[1]][part], x)
+            if drop is not None:
+                d = drop[part]
+                x[..., 0][d] = self.normaliser.sentinel_npho
+                x[..., 1][d] = self.normaliser.sentinel_time
+            pool_x[slots[i : i + _BLOCK]] = x
+        out = {}
         for key, (br, _) in self._fields.items():
-            v = take(arrs[br])
+            v = arrs[br] if whole else arrs[br][sel]
             out[key] = v.astype(
                 np.int32
                 if key in IDS

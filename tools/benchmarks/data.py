@@ -22,7 +22,7 @@ from pathlib import Path
 from xecjax.data import Loader, Normaliser, Source, discover_files, num_entries
 from xecjax.rootio import zlib_inflate
 
-BYTES_PER_EVENT = 4760 * 2 * 4  # one normalised event in the batch / shuffle pool
+BYTES_PER_EVENT = 4760 * 2 * 4  # one normalised event in the pool
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -78,6 +78,7 @@ def _epoch_rate(files: list[str], args: argparse.Namespace) -> dict[str, float]:
         "wall_s": wall,
         "cpu_s": time.process_time() - c0,
         "file_mb_per_event": sum(map(os.path.getsize, files)) / 1e6 / n,
+        "pool_events": loader.pool_events(0),
     }
 
 
@@ -92,7 +93,6 @@ def run(args: argparse.Namespace) -> dict:
                 while fh.read(1 << 24):
                     pass
     rates = {c: _epoch_rate(fs, args) for c, fs in files.items()}
-    pool_mb = (args.shuffle_buffer + args.chunk_size + args.batch_size) * BYTES_PER_EVENT / 2**20
     return {
         "events_per_s": round(rates["lz4"]["events_per_s"]),
         "zlib_events_per_s": round(rates["zlib"]["events_per_s"]),
@@ -104,7 +104,7 @@ def run(args: argparse.Namespace) -> dict:
         "workers": args.workers,
         "chunk_size": args.chunk_size,
         "shuffle_buffer": args.shuffle_buffer,
-        "pool_mb": round(pool_mb, 1),
+        "pool_mb": round(rates["lz4"]["pool_events"] * BYTES_PER_EVENT / 2**20, 1),
         "load_avg": round(os.getloadavg()[0], 2),
         "cpus": os.cpu_count(),
     }
