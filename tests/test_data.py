@@ -367,13 +367,14 @@ def test_large_chunks_are_written_as_bounded_baskets(tmp_path, monkeypatch):
     assert not list(tmp_path.glob("*bad*"))  # nothing left behind
 
 
-def test_zlib_baskets_are_inflated_with_isal(tmp_path, monkeypatch):
-    """ZLIB baskets are inflated by ISA-L (a dependency, faster than zlib), with the same result
-    as the standard library's zlib."""
+def test_zlib_baskets_are_inflated_with_libdeflate(tmp_path, monkeypatch):
+    """ZLIB baskets are inflated by libdeflate (a dependency, faster than zlib), with the same
+    result as uproot's own decompressor (the standard library's zlib)."""
+    import deflate
+
     import xecjax.rootio as rootio
 
-    assert rootio.zlib_inflate() == "isal"
-    assert uproot.compression._decompress_ZLIB.library == "isal"
+    assert rootio.zlib_inflate() == "libdeflate"
     rng = np.random.default_rng(4)
     ev = {"npho": rng.gamma(2.0, 50.0, size=(40, 4760)).astype(np.float32)}
     path = write_tree(tmp_path / "z.root", ev, compression="zlib")
@@ -383,16 +384,26 @@ def test_zlib_baskets_are_inflated_with_isal(tmp_path, monkeypatch):
             assert f.file.compression.name == "ZLIB"
             return f["tree"]["npho"].array(library="np")
 
-    import isal.isal_zlib
-
     calls = []
-    inflate = isal.isal_zlib.decompress
+    inflate = deflate.zlib_decompress
     monkeypatch.setattr(
-        isal.isal_zlib, "decompress", lambda *a, **k: calls.append(1) or inflate(*a, **k)
+        deflate, "zlib_decompress", lambda *a, **k: calls.append(1) or inflate(*a, **k)
     )
     np.testing.assert_array_equal(read(), ev["npho"])
-    n_isal = len(calls)
-    assert n_isal > 0  # uproot really inflated through isal
-    monkeypatch.setattr(uproot.compression._decompress_ZLIB, "library", "zlib")
+    n_deflate = len(calls)
+    assert n_deflate > 0  # uproot really inflated through libdeflate
+    monkeypatch.setattr(
+        uproot.compression, "_decompress_ZLIB", uproot.compression._DecompressZLIB()
+    )
     np.testing.assert_array_equal(read(), ev["npho"])
-    assert len(calls) == n_isal  # ... and the standard library gives the same arrays
+    assert len(calls) == n_deflate  # ... and uproot's zlib gives the same arrays
+    # a corrupt basket is an error naming the file, not garbage
+    monkeypatch.undo()
+    raw = bytearray(open(path, "rb").read())
+    mid = len(raw) // 2
+    raw[mid : mid + 64] = bytes(64)
+    bad = tmp_path / "corrupt.root"
+    bad.write_bytes(bytes(raw))
+    t = rootio.open_tree(str(bad), "tree")
+    with pytest.raises(DataError, match="corrupt.root"):
+        rootio.read_arrays(t, ["npho"], 0, 40)
