@@ -178,7 +178,8 @@ def _linear_time_output_check():
 def to_onnx_model(
     fn: Callable[[jax.Array], jax.Array], metadata: Mapping[str, str], opset: int = DEFAULT_OPSET
 ) -> onnx.ModelProto:
-    """jax2onnx conversion of fn with a symbolic batch; metadata set; ONNX checker passed."""
+    """jax2onnx conversion of fn with a symbolic batch, reshape targets folded
+    (`fold_batch_shapes`); metadata set; ONNX checker passed."""
     from jax2onnx import to_onnx
 
     if int(opset) < DEFAULT_OPSET:
@@ -204,12 +205,72 @@ def to_onnx_model(
         raise ExportError(f"jax2onnx could not convert the model: {type(e).__name__}: {e}") from e
     finally:
         serde.setLevel(level)
+    fold_batch_shapes(model)
     onnx.helper.set_model_props(model, dict(metadata))
     try:
         onnx.checker.check_model(model)
     except onnx.checker.ValidationError as e:
         raise ExportError(f"the exported graph fails the ONNX checker (opset {opset}): {e}") from e
     return model
+
+
+def fold_batch_shapes(model: onnx.ModelProto) -> int:
+    """Reshape targets computed from the runtime batch size become constants with -1; returns
+    the number of graph nodes removed.
+
+    jax2onnx builds the target of every reshape that keeps the symbolic batch from the input's
+    runtime shape (Shape -> Gather/Slice -> Unsqueeze -> Concat -> Reshape): at the reference
+    size ~430 tiny nodes that onnxruntime runs one by one, which at batch 1 cost more time than
+    the convolutions. Where ONNX shape inference (with data propagation) gives a Reshape's output
+    exactly one symbolic dimension and fixed others, the target is replaced by a constant with -1
+    in that place (a fixed output shape becomes that constant), which reshapes identically;
+    nodes no output depends on any more are removed.
+    The parity check after the export is the judge of the result.
+    """
+    g = model.graph
+    if any(
+        a.type in (onnx.AttributeProto.GRAPH, onnx.AttributeProto.GRAPHS)
+        for n in g.node
+        for a in n.attribute
+    ):
+        return 0  # subgraphs may use outer names: leave such a graph as it is
+    inferred = onnx.shape_inference.infer_shapes(model, data_prop=True).graph
+    dims = {}
+    for v in [*inferred.value_info, *inferred.output]:
+        if v.type.tensor_type.HasField("shape"):
+            dims[v.name] = [
+                d.dim_value if d.HasField("dim_value") else (d.dim_param or None)
+                for d in v.type.tensor_type.shape.dim
+            ]
+    constants = {i.name for i in g.initializer}
+    for n in g.node:
+        out = dims.get(n.output[0]) if n.op_type == "Reshape" else None
+        if out is None or n.input[1] in constants:
+            continue
+        symbolic = [d for d in out if isinstance(d, str)]
+        if len(symbolic) > 1 or any(d is None or d == 0 for d in out):
+            continue
+        target = np.array([-1 if isinstance(d, str) else d for d in out], np.int64)
+        name = f"{n.output[0]}__target"
+        g.initializer.append(onnx.numpy_helper.from_array(target, name))
+        n.input[1] = name
+    needed, kept = {o.name for o in g.output}, set()
+    for k in reversed(range(len(g.node))):
+        if any(o in needed for o in g.node[k].output):
+            kept.add(k)
+            needed.update(g.node[k].input)
+    removed = len(g.node) - len(kept)
+    _delete(g.node, lambda k, n: k not in kept)
+    _delete(g.initializer, lambda k, i: i.name not in needed)
+    produced = {o for n in g.node for o in n.output}
+    _delete(g.value_info, lambda k, v: v.name not in produced)
+    return removed
+
+
+def _delete(field, drop: Callable[[int, Any], bool]) -> None:
+    """Delete the elements of a repeated protobuf field for which drop(index, element)."""
+    for k in [k for k, e in enumerate(field) if drop(k, e)][::-1]:
+        del field[k]
 
 
 def save_model(model: onnx.ModelProto, output: str | os.PathLike) -> Path:
