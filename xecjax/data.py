@@ -22,9 +22,10 @@ The pipeline, per epoch:
            return when their batch is emitted, so the pool holds at most ~shuffle_buffer +
            batch_size + (workers + 2) * chunk_size events (`Loader.pool_events`).
 Memory is set by chunk_size, shuffle_buffer, batch_size, workers and prefetch, not by file sizes
-(the epoch plan holds 12 bytes per event). Events are checked once, when the Loader is built:
-non-finite truth and, optionally, the fiducial cut on uvwTruth remove events; empty files are
-skipped with a warning; every event is accounted for in `Loader.summary`.
+(the epoch plan and its slot schedule hold ~40 bytes per event). Events are checked once, when
+the Loader is built: non-finite truth and, optionally, the fiducial cut on uvwTruth remove
+events; empty files are skipped with a warning; every event is accounted for in
+`Loader.summary`.
 """
 
 from __future__ import annotations
@@ -372,10 +373,10 @@ class Loader:
         Returns (tasks: (chunk, needed rows among the chunk's used events, their pool slots),
         actions: ("read", k) submit task k, ("place", k) take task k's small fields, ("emit", j)
         batch j, in the order the producer does them; batch_slots: the pool slots of batch j's
-        rows; the pool size). Slots are given out when a
-        read is submitted, because the reader writes its normalised events straight into them,
-        and return when their batch is emitted (copied out); the producer performs the actions
-        in this order, so a slot is never written while an earlier event still needs it.
+        rows; the pool size). Slots are given out when a read is submitted, because the reader
+        writes its normalised events straight into them, and return when their batch is emitted
+        (copied out); the producer performs the actions in this order, so a slot is never
+        written while an earlier event still needs it.
         """
         b, nb, lb = self.batch_size, self.num_batches(), self.local_batch
         order, offsets, perm, ready = self._plan(epoch)
