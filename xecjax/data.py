@@ -370,8 +370,8 @@ class Loader:
     def _schedule(self, epoch: int, skip: int):
         """The producer's steps for one epoch and the pool slot of every event it reads.
 
-        Returns (tasks: (chunk, needed rows among the chunk's used events, their pool slots),
-        actions: ("read", k) submit task k, ("place", k) take task k's small fields, ("emit", j)
+        Returns (reads: (chunk, needed rows among the chunk's used events, their pool slots),
+        actions: ("read", k) submit read k, ("place", k) take read k's small fields, ("emit", j)
         batch j, in the order the producer does them; batch_slots: the pool slots of batch j's
         rows; the pool size). Slots are given out when a read is submitted, because the reader
         writes its normalised events straight into them, and return when their batch is emitted
@@ -406,6 +406,7 @@ class Loader:
         actions += [("emit", j) for j in range(j, nb)]
 
         slot_of = np.full(self._n, -1, np.int64)
+        task_slots: list[np.ndarray] = [np.zeros(0, np.int64)] * len(tasks)
         batch_slots: dict[int, np.ndarray] = {}
         free, size = np.zeros(0, np.int64), 0  # stack of free slots; slots given out so far
         for what, k in actions:
@@ -416,20 +417,20 @@ class Loader:
                     [free[len(free) - reuse :], np.arange(size, size + len(rows) - reuse)]
                 )
                 free, size = free[: len(free) - reuse], size + len(rows) - reuse
-                slot_of[offsets[s] + rows] = slots
-                tasks[k] = (tasks[k][1], rows, slots)
+                slot_of[offsets[s] + rows] = task_slots[k] = slots
             elif what == "emit":
                 lo = k * b + self.rank * lb
                 batch_slots[k] = slot_of[order[lo : max(lo, min(lo + lb, self._n))]]
                 free = np.concatenate([free, batch_slots[k]])
-        return tasks, actions, batch_slots, size
+        reads = [(ci, rows, slots) for (_, ci, rows), slots in zip(tasks, task_slots, strict=True)]
+        return reads, actions, batch_slots, size
 
     def pool_events(self, epoch: int = 0) -> int:
         """Events the pool of an epoch holds (its memory: ~38 kB of input per event)."""
         return self._schedule(epoch, 0)[3]
 
     def _run(self, epoch: int, skip: int, put, stop: threading.Event) -> None:
-        tasks, actions, batch_slots, size = self._schedule(epoch, skip)
+        reads, actions, batch_slots, size = self._schedule(epoch, skip)
         lb = self.local_batch
         pool: dict[str, np.ndarray] = {"x": np.empty((size, N_SENSORS, 2), np.float32)}
         trees = _Trees(self.tree)
@@ -443,13 +444,13 @@ class Loader:
                     if stop.is_set():
                         return
                     if what == "read":
-                        ci, rows, slots = tasks[k]
+                        ci, rows, slots = reads[k]
                         pending[k] = ex.submit(
                             self._read, trees, unzip, epoch, ci, rows, pool["x"], slots
                         )
                     elif what == "place":
                         data = pending.pop(k).result()
-                        slots = tasks[k][2]
+                        slots = reads[k][2]
                         for key, v in data.items():
                             if key not in pool:
                                 pool[key] = np.empty((size, *v.shape[1:]), v.dtype)
