@@ -399,11 +399,14 @@ def test_zlib_baskets_are_inflated_with_libdeflate(tmp_path, monkeypatch):
     assert len(calls) == n_deflate  # ... and uproot's zlib gives the same arrays
     # a corrupt basket is an error naming the file, not garbage
     monkeypatch.undo()
-    raw = bytearray(open(path, "rb").read())
+    raw = bytearray(path.read_bytes())
     mid = len(raw) // 2
     raw[mid : mid + 64] = bytes(64)
     bad = tmp_path / "corrupt.root"
     bad.write_bytes(bytes(raw))
     t = rootio.open_tree(str(bad), "tree")
-    with pytest.raises(DataError, match="corrupt.root"):
-        rootio.read_arrays(t, ["npho"], 0, 40)
+    try:
+        with pytest.raises(DataError, match="corrupt.root"):
+            rootio.read_arrays(t, ["npho"], 0, 40)
+    finally:
+        t.file.close()
