@@ -4,8 +4,8 @@
 
 NAME is a module in tools/benchmarks/ (simulate, data, model, train, evaluate, onnx) that
 defines `add_arguments(parser)` (optional) and `run(args) -> dict`. The last line printed is
-one JSON object with at least `bench`, `events_per_s`, `peak_rss_mb` and `cpu`. Timings belong here,
-never in tests.
+one JSON object with at least `bench`, `events_per_s`, `peak_rss_mb` and `cpu`. Timings
+belong here, never in tests.
 """
 
 from __future__ import annotations
@@ -52,9 +52,7 @@ def cpu_info() -> dict:
     return {
         "model": model,
         "avx512f": "avx512f" in flags,
-        "cpus": len(os.sched_getaffinity(0))
-        if hasattr(os, "sched_getaffinity")
-        else os.cpu_count(),
+        "cpus": len(os.sched_getaffinity(0)),  # as infer_real and the onnx bench count them
     }
 
 
