@@ -30,7 +30,7 @@ def get_model_config(variant: str) -> ml_collections.ConfigDict:
     m.cnn_dims = (32, 64)  # ConvNeXt V2 stage widths (stem -> d0, k2 s2 downsample -> d1)
     m.cnn_depths = (2, 3)  # blocks per stage
     m.face_grid = (4, 4)  # bilinear resize of the last CNN map -> one token per face
-    m.dwconv = "direct"  # depthwise 7x7: "direct" (shifted sums, CPU) | "toeplitz" | "xla" (GPU)
+    m.dwconv = "direct"  # depthwise 7x7: "direct" (CPU) | "toeplitz" | "xla" (GPU) | "onnx"
     m.hex_dim = 96  # hex encoder width
     m.hex_depth = 4  # HexNeXt blocks
     m.d_model = 1024  # token width of the fusion transformer

@@ -154,11 +154,13 @@ def test_depthwise_conv_matches_xla_with_gradients(impl):
         depthwise_conv(x, w, "fft")
 
 
+@pytest.mark.parametrize("onnx", [False, True])
 @pytest.mark.parametrize("spatial", [(9, 7), (5,)])
-def test_grn_folded_into_dense_equals_grn_then_dense(spatial):
-    """GRN.then_dense (the GRN factor folded into per-sample kernels, as the CPU forms of the
-    ConvNeXt block use it): value and every gradient equal dense(grn(x)), with non-zero gamma
-    and beta, over an image and over nodes."""
+def test_grn_folded_into_dense_equals_grn_then_dense(spatial, onnx):
+    """GRN.then_dense (the GRN factor folded into per-sample kernels, as the CPU forms and the
+    "onnx" form of the ConvNeXt block use it; onnx: sum of squares by matmul, flat product):
+    value and every gradient equal dense(grn(x)), with non-zero gamma and beta, over an image
+    and over nodes."""
     keys = jax.random.split(jax.random.key(4), 3)
     grn, lin = GRN(4), dense(4, 6, jnp.float32, nnx.Rngs(0))
     grn.gamma[...] = jax.random.normal(keys[0], (4,))
@@ -170,7 +172,7 @@ def test_grn_folded_into_dense_equals_grn_then_dense(spatial):
     def loss(folded):
         def f(state, x):
             g, d = nnx.merge(gdef, state)
-            return jnp.sum((g.then_dense(x, d) if folded else d(g(x))) * ct)
+            return jnp.sum((g.then_dense(x, d, onnx=onnx) if folded else d(g(x))) * ct)
 
         return f
 
@@ -182,6 +184,23 @@ def test_grn_folded_into_dense_equals_grn_then_dense(spatial):
     ):
         assert float(jnp.max(jnp.abs(b))) > 0
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("onnx", [False, True])
+def test_patch_conv_equals_strided_conv(onnx):
+    """The 2x2 stride-2 downsampling (einsum, or the "onnx" transpose + matmul) is lax.conv with
+    that kernel, odd last row / column dropped."""
+    from xecjax.models.convnext import _patch_conv
+
+    keys = jax.random.split(jax.random.key(5), 3)
+    x = jax.random.normal(keys[0], (2, 9, 6, 3))
+    kernel, bias = jax.random.normal(keys[1], (2, 2, 3, 5)), jax.random.normal(keys[2], (5,))
+    want = jax.lax.conv_general_dilated(
+        x, kernel, (2, 2), "VALID", dimension_numbers=("NHWC", "HWIO", "NHWC")
+    )
+    got = _patch_conv(x, kernel, bias, onnx=onnx)
+    assert got.shape == (2, 4, 3, 5)
+    np.testing.assert_allclose(got, want + bias, rtol=1e-5, atol=1e-5)
 
 
 @pytest.mark.parametrize("name", ["regressor_finegrid", "graph"])
