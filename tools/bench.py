@@ -2,10 +2,10 @@
 
   python tools/bench.py NAME [--quick] [benchmark options]
 
-NAME is a module in tools/benchmarks/ (simulate, data, model, train, evaluate, onnx) that
-defines `add_arguments(parser)` (optional) and `run(args) -> dict`. The last line printed is
-one JSON object with at least `bench`, `events_per_s`, `peak_rss_mb` and `cpu`. Timings
-belong here, never in tests.
+NAME is a module in tools/benchmarks/ (simulate, data, model, train, evaluate, onnx, and
+torch_reference, which needs torch) that defines `add_arguments(parser)` (optional) and
+`run(args) -> dict`. The last line printed is one JSON object with at least `bench`,
+`events_per_s`, `peak_rss_mb` and `cpu`. Timings belong here, never in tests.
 """
 
 from __future__ import annotations
