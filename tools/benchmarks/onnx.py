@@ -36,7 +36,7 @@ def add_arguments(parser) -> None:
     parser.add_argument("--skip-jax", action="store_true", help="onnxruntime numbers only")
 
 
-def _timed(fn, x: np.ndarray, repeats: int) -> list[float]:
+def timed(fn, x, repeats: int) -> list[float]:
     fn(x)  # warm-up (compilation / allocation)
     times = []
     for _ in range(repeats):
@@ -46,31 +46,34 @@ def _timed(fn, x: np.ndarray, repeats: int) -> list[float]:
     return times
 
 
+def export_graph(config: str):
+    """The untrained model of `config` (file:variant) and its ONNX graph as export_model writes
+    it: (serialised graph, model config, params, apply_fn, export seconds)."""
+    from flax import nnx
+
+    from xecjax.config import load_config
+    from xecjax.export import DEFAULT_OPSET, build_metadata, onnx_function, to_onnx_model
+    from xecjax.models import build_model, make_apply
+    from xecjax.normalise import Normaliser
+
+    model_cfg = load_config(config).model
+    params, apply_fn = make_apply(build_model(model_cfg, rngs=nnx.Rngs(0)))
+    meta = build_metadata(Normaliser(), model_cfg, raw_input=False, opset=DEFAULT_OPSET)
+    t0 = time.perf_counter()
+    proto = to_onnx_model(onnx_function(apply_fn, params, model_cfg), meta).SerializeToString()
+    return proto, model_cfg, params, apply_fn, time.perf_counter() - t0
+
+
 def run(args) -> dict:
     import jax
     import jax.numpy as jnp
     import onnxruntime as ort
-    from flax import nnx
 
-    from xecjax.config import load_config
-    from xecjax.export import (
-        DEFAULT_OPSET,
-        angles_function,
-        build_metadata,
-        onnx_function,
-        to_onnx_model,
-    )
-    from xecjax.models import build_model, make_apply
-    from xecjax.normalise import Normaliser
+    from xecjax.export import angles_function
 
-    model_cfg = load_config(args.config).model
-    params, apply_fn = make_apply(build_model(model_cfg, rngs=nnx.Rngs(0)))
+    proto, model_cfg, params, apply_fn, export_s = export_graph(args.config)
     n_params = int(sum(np.size(p) for p in jax.tree.leaves(params)))
     fn = angles_function(apply_fn, params)
-    meta = build_metadata(Normaliser(), model_cfg, raw_input=False, opset=DEFAULT_OPSET)
-    t0 = time.perf_counter()
-    proto = to_onnx_model(onnx_function(apply_fn, params, model_cfg), meta).SerializeToString()
-    export_s = time.perf_counter() - t0
 
     threads = args.threads or len(os.sched_getaffinity(0))
     opts = ort.SessionOptions()
@@ -84,8 +87,8 @@ def run(args) -> dict:
     def ort_fn(x):
         return session.run(["output"], {"input": x})[0]
 
-    t256 = _timed(ort_fn, x256, reps256)
-    t1 = _timed(ort_fn, x1, reps1)
+    t256 = timed(ort_fn, x256, reps256)
+    t1 = timed(ort_fn, x1, reps1)
     out = {
         "events_per_s": round(256 / float(np.median(t256)), 1),
         "latency_ms_b1": round(1e3 * float(np.median(t1)), 2),
@@ -109,6 +112,6 @@ def run(args) -> dict:
         def jax_fn(x):
             return jitted(jnp.asarray(x)).block_until_ready()
 
-        out["jax_events_per_s"] = round(256 / float(np.median(_timed(jax_fn, x256, reps256))), 1)
-        out["jax_latency_ms_b1"] = round(1e3 * float(np.median(_timed(jax_fn, x1, reps1))), 2)
+        out["jax_events_per_s"] = round(256 / float(np.median(timed(jax_fn, x256, reps256))), 1)
+        out["jax_latency_ms_b1"] = round(1e3 * float(np.median(timed(jax_fn, x1, reps1))), 2)
     return out

@@ -20,12 +20,15 @@ xecjax.geometry; weights are random (timing does not depend on them).
 from __future__ import annotations
 
 import os
-import time
+from pathlib import Path
 
 import numpy as np
 
 from xecjax import geometry
 
+from .onnx import export_graph, timed
+
+ROOT = Path(__file__).resolve().parents[2]
 REFERENCE_PARAMS = 27_314_950
 
 
@@ -147,13 +150,7 @@ def build_torch_model():
 
 
 def _median_s(fn, reps: int) -> float:
-    fn()
-    times = []
-    for _ in range(reps):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return float(np.median(times))
+    return float(np.median(timed(lambda _: fn(), None, reps)))
 
 
 def run(args) -> dict:
@@ -161,12 +158,8 @@ def run(args) -> dict:
 
     import onnxruntime as ort
     import torch
-    from flax import nnx
 
-    from xecjax.config import load_config
-    from xecjax.export import DEFAULT_OPSET, build_metadata, onnx_function, to_onnx_model
-    from xecjax.models import build_model, make_apply
-    from xecjax.normalise import Normaliser
+    from xecjax.export import DEFAULT_OPSET
 
     threads = args.threads or len(os.sched_getaffinity(0))
     torch.set_num_threads(threads)
@@ -198,10 +191,7 @@ def run(args) -> dict:
     torch.onnx.export(model, (x32[:2],), buf, input_names=["input"], output_names=["output"],
                       dynamic_axes={"input": {0: "batch_size"}, "output": {0: "batch_size"}},
                       opset_version=DEFAULT_OPSET, dynamo=False)  # fmt: skip
-    cfg = load_config("configs/convnext.py:default").model
-    params, apply_fn = make_apply(build_model(cfg, rngs=nnx.Rngs(0)))
-    meta = build_metadata(Normaliser(), cfg, raw_input=False, opset=DEFAULT_OPSET)
-    ours = to_onnx_model(onnx_function(apply_fn, params, cfg), meta).SerializeToString()
+    ours = export_graph(str(ROOT / "configs" / "convnext.py") + ":default")[0]
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = threads
     sessions = {k: ort.InferenceSession(p, opts, providers=["CPUExecutionProvider"])
