@@ -22,12 +22,13 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[2]
 TARGET_EVENTS_PER_S = 35.0
 TARGET_LATENCY_MS = 16.0
+REFERENCE_CONFIG = f"{ROOT / 'configs' / 'convnext.py'}:default"
 
 
 def add_arguments(parser) -> None:
     parser.add_argument(
         "--config",
-        default=f"{ROOT / 'configs' / 'convnext.py'}:default",
+        default=REFERENCE_CONFIG,
         help="model config (file:variant); default: the reference size",
     )
     parser.add_argument(
@@ -48,7 +49,7 @@ def timed(fn, x, repeats: int) -> list[float]:
 
 def export_graph(config: str):
     """The untrained model of `config` (file:variant) and its ONNX graph as export_model writes
-    it: (serialised graph, model config, params, apply_fn, export seconds)."""
+    it: (serialised graph, params, apply_fn, export seconds)."""
     from flax import nnx
 
     from xecjax.config import load_config
@@ -61,7 +62,7 @@ def export_graph(config: str):
     meta = build_metadata(Normaliser(), model_cfg, raw_input=False, opset=DEFAULT_OPSET)
     t0 = time.perf_counter()
     proto = to_onnx_model(onnx_function(apply_fn, params, model_cfg), meta).SerializeToString()
-    return proto, model_cfg, params, apply_fn, time.perf_counter() - t0
+    return proto, params, apply_fn, time.perf_counter() - t0
 
 
 def run(args) -> dict:
@@ -71,7 +72,7 @@ def run(args) -> dict:
 
     from xecjax.export import angles_function
 
-    proto, model_cfg, params, apply_fn, export_s = export_graph(args.config)
+    proto, params, apply_fn, export_s = export_graph(args.config)
     n_params = int(sum(np.size(p) for p in jax.tree.leaves(params)))
     fn = angles_function(apply_fn, params)
 

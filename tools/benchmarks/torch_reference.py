@@ -20,15 +20,13 @@ xecjax.geometry; weights are random (timing does not depend on them).
 from __future__ import annotations
 
 import os
-from pathlib import Path
 
 import numpy as np
 
 from xecjax import geometry
 
-from .onnx import export_graph, timed
+from .onnx import REFERENCE_CONFIG, export_graph, timed
 
-ROOT = Path(__file__).resolve().parents[2]
 REFERENCE_PARAMS = 27_314_950
 
 
@@ -191,7 +189,7 @@ def run(args) -> dict:
     torch.onnx.export(model, (x32[:2],), buf, input_names=["input"], output_names=["output"],
                       dynamic_axes={"input": {0: "batch_size"}, "output": {0: "batch_size"}},
                       opset_version=DEFAULT_OPSET, dynamo=False)  # fmt: skip
-    ours = export_graph(str(ROOT / "configs" / "convnext.py") + ":default")[0]
+    ours = export_graph(REFERENCE_CONFIG)[0]
     opts = ort.SessionOptions()
     opts.intra_op_num_threads = threads
     sessions = {k: ort.InferenceSession(p, opts, providers=["CPUExecutionProvider"])
