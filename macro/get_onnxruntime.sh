@@ -12,7 +12,8 @@
 # framework of an ONNX Runtime release, headers included), pinned by version and sha256. The C
 # API is append-only, so headers of API version V work with any library of version 1.V or newer
 # (checked below). Needs npm and python with onnxruntime; nothing else is installed. Idempotent:
-# an existing, matching DEST is kept. Written to DEST.tmp and renamed when complete.
+# an existing DEST with the same headers and library is kept. Written to DEST.tmp and renamed
+# when complete.
 set -euo pipefail
 
 DEST="${1:-build/onnxruntime}"
@@ -29,7 +30,8 @@ lib=$("$PY" -c 'import glob, onnxruntime, os; d = os.path.join(os.path.dirname(o
 lib_version="${lib##*libonnxruntime.so.}"        # e.g. 1.32.0
 lib_minor=$(echo "$lib_version" | cut -d. -f2)
 
-if [ -f "$DEST/include/onnxruntime_cxx_api.h" ] && [ "$(readlink -f "$DEST/lib/libonnxruntime.so")" = "$(readlink -f "$lib")" ]; then
+if [ -f "$DEST/include/onnxruntime_cxx_api.h" ] && grep -qF "headers: $PKG " "$DEST/SOURCE" 2>/dev/null \
+  && [ "$(readlink -f "$DEST/lib/libonnxruntime.so")" = "$(readlink -f "$lib")" ]; then
   echo "get_onnxruntime.sh: $DEST is up to date (library $lib_version)"
   exit 0
 fi
