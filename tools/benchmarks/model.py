@@ -25,6 +25,8 @@ from flax import nnx
 from xecjax import geometry
 from xecjax.models import build_model, count_params, make_apply
 
+from .onnx import timed
+
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
@@ -44,16 +46,6 @@ def load_model_config(spec: str) -> ml_collections.ConfigDict:
     module = importlib.util.module_from_spec(module_spec)
     module_spec.loader.exec_module(module)
     return module.get_config(variant or None).model
-
-
-def _time(fn, n: int) -> list[float]:
-    """Seconds of each of n calls after the first (compiled) one."""
-    times = []
-    for _ in range(n):
-        t0 = time.perf_counter()
-        jax.block_until_ready(fn())
-        times.append(time.perf_counter() - t0)
-    return times
 
 
 def run(args: argparse.Namespace) -> dict:
@@ -91,14 +83,14 @@ def run(args: argparse.Namespace) -> dict:
     jax.block_until_ready(state)
     compile_train = time.perf_counter() - t0
 
-    t_inf = _time(lambda: infer(params, x_inf), n_iter)
+    t_inf = timed(lambda x: jax.block_until_ready(infer(params, x)), x_inf, n_iter)
 
     def step():
         nonlocal state
         state = train_step(state[0], state[1], x_tr, y_tr, key)
         return state[2]
 
-    t_tr = _time(step, n_iter)
+    t_tr = timed(lambda _: jax.block_until_ready(step()), None, n_iter)
     # Median step: this VM stalls for seconds at times (single steps of 5-7 s among 1.2-1.5 s
     # ones, measured), which a mean of a few steps turns into a throughput loss of the code.
     # The mean and every step are reported too.
