@@ -154,6 +154,41 @@ def test_depthwise_conv_matches_xla_with_gradients(impl):
         depthwise_conv(x, w, "fft")
 
 
+@pytest.mark.parametrize("impl", ["direct", "toeplitz"])
+def test_convnext_block_cpu_form_equals_plain_graph(impl):
+    """The CPU forms of the ConvNeXt block (hand-written VJP of LN -> Dense -> GELU -> GRN ->
+    Dense, GRN folded; direct: the depthwise conv's own VJP too) equal the plain autodiff graph
+    of the "xla" form: value and every parameter and input gradient, with non-zero GRN gamma
+    and beta, in train mode with drop path."""
+    from xecjax.models.layers import ConvNeXtBlock
+
+    keys = jax.random.split(jax.random.key(6), 4)
+    x = jax.random.normal(keys[0], (3, 10, 7, 8))
+    ct = jax.random.normal(keys[1], x.shape)
+    states = []
+    for form in (impl, "xla"):
+        blk = ConvNeXtBlock(8, drop_path=0.3, dwconv=form, dtype=jnp.float32, rngs=nnx.Rngs(0))
+        blk.grn.gamma[...] = jax.random.normal(keys[2], (32,))
+        blk.grn.beta[...] = jax.random.normal(keys[3], (32,))
+        blk.norm.scale[...] = 1.0 + 0.1 * jax.random.normal(keys[3], (8,))
+        states.append(nnx.split(blk))
+
+    def loss(gdef):
+        return lambda state, x: jnp.sum(
+            nnx.merge(gdef, state)(x, train=True, rng=jax.random.key(1)) * ct
+        )
+
+    (g_cpu, s_cpu), (g_xla, s_xla) = states
+    np.testing.assert_allclose(loss(g_cpu)(s_cpu, x), loss(g_xla)(s_xla, x), rtol=1e-5)
+    got = jax.grad(loss(g_cpu), (0, 1))(s_cpu, x)
+    want = jax.grad(loss(g_xla), (0, 1))(s_xla, x)
+    for (path, a), b in zip(
+        jax.tree_util.tree_leaves_with_path(got), jax.tree.leaves(want), strict=True
+    ):
+        assert float(jnp.max(jnp.abs(b))) > 0, path
+        np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-5, err_msg=str(path))
+
+
 @pytest.mark.parametrize("onnx", [False, True])
 @pytest.mark.parametrize("spatial", [(9, 7), (5,)])
 def test_grn_folded_into_dense_equals_grn_then_dense(spatial, onnx):
