@@ -233,10 +233,12 @@ def _kernel_grad(x: jax.Array, g: jax.Array, k: int) -> jax.Array:
     xt = jnp.einsum("cd,bhwc->dbhw", eye, x.astype(f32))
     xt = jnp.pad(xt, ((0, 0), (0, 0), (p, p), (p, p)))  # [C, B, H + 2p, W + 2p]
     gt = jnp.einsum("cd,bhwc->dbhw", eye, g.astype(f32)).reshape(c, b * h, wd)
-    m = jnp.einsum("cnv,cnw->cvw", _row_shifts(xt, k), gt).reshape(c, k, wd + 2 * p, wd)
+    # g as the left operand ([W, k (W + 2p)] per channel, not its transpose): the same sums,
+    # 10.7 against 14.3 ms for this product alone on the 32 x 46 x 21 x 64 map
+    m = jnp.einsum("cnw,cnv->cwv", gt, _row_shifts(xt, k)).reshape(c, wd, k, wd + 2 * p)
     tap, valid = _toeplitz_index(wd, k)
     diag = (tap[:, :, None] == np.arange(k)) & (valid[:, :, None] > 0)  # [W + 2p, W, k]
-    return jnp.einsum("civw,vwj->ijc", m, jnp.asarray(diag, f32))
+    return jnp.einsum("cwiv,vwj->ijc", m, jnp.asarray(diag, f32))
 
 
 _depthwise_direct.defvjp(_depthwise_direct_fwd, _depthwise_direct_bwd)
