@@ -282,16 +282,20 @@ def depthwise_conv(x: jax.Array, w: jax.Array, impl: str = "direct") -> jax.Arra
 _INV_SQRT2PI = float(1.0 / np.sqrt(2.0 * np.pi))
 
 
+def _normalise(y, eps):
+    """Channels-last (y - mean) / sqrt(var + eps), two-pass variance, and 1 / sqrt(var + eps)."""
+    d = y - jnp.mean(y, -1, keepdims=True)
+    rstd = jax.lax.rsqrt(jnp.mean(d * d, -1, keepdims=True) + eps)
+    return d * rstd, rstd
+
+
 def _pointwise_parts(y, params, eps):
     """y [B, P, C] -> (z [B, P, C], residuals); params = (ln scale, ln bias, w1, b1, gamma,
     beta, w2, b2), all float32."""
     ln_s, ln_b, w1, b1, gamma, beta, w2, b2 = params
-    mu = jnp.mean(y, -1, keepdims=True)
-    d = y - mu
-    rstd = jax.lax.rsqrt(jnp.mean(d * d, -1, keepdims=True) + eps)
-    nh = d * rstd
+    nh, rstd = _normalise(y, eps)
     a = (nh * ln_s + ln_b) @ w1 + b1
-    h = (a * 0.5) * (1.0 + jax.lax.erf(a / jnp.asarray(_SQRT2, a.dtype)))  # as gelu()
+    h = gelu(a)
     g = jnp.sqrt(jnp.sum(jnp.square(h), axis=1))  # [B, 4C], as GRN.factor
     m = jnp.mean(g, -1, keepdims=True) + 1e-6
     s = gamma * (g / m) + 1.0
@@ -327,10 +331,7 @@ def _convnext_pointwise_bwd(eps, saved, dz):
     phi = 0.5 * (1.0 + jax.lax.erf(a / _SQRT2)) + a * (_INV_SQRT2PI * jnp.exp(-0.5 * a * a))
     da = dh * phi
     # layer norm, recomputed from y (cheaper than keeping [B, P, C] normalised copies)
-    mu = jnp.mean(y, -1, keepdims=True)
-    d = y - mu
-    rstd = jax.lax.rsqrt(jnp.mean(d * d, -1, keepdims=True) + eps)
-    nh = d * rstd
+    nh, rstd = _normalise(y, eps)
     dw1 = jnp.einsum("bpc,bpd->cd", nh * ln_s + ln_b, da)
     dln_in = da @ w1.T
     dnh = dln_in * ln_s
