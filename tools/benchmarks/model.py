@@ -22,7 +22,7 @@ import ml_collections
 import optax
 from flax import nnx
 
-from xecjax import geometry
+from xecjax import geometry, native
 from xecjax.models import build_model, count_params, make_apply
 
 from .onnx import timed
@@ -107,4 +107,6 @@ def run(args: argparse.Namespace) -> dict:
         "compile_infer_s": round(compile_infer, 1),
         "compile_train_s": round(compile_train, 1),
         "backend": jax.default_backend(),
+        # the C++ depthwise kernels (xecjax.native) run on CPU when built
+        "native_kernels": jax.default_backend() == "cpu" and native.available(),
     }

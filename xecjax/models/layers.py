@@ -16,6 +16,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from xecjax import native
+
 # Truncated normal(0.02) weights, zero biases: the ConvNeXt V2 / timm initialisation.
 WEIGHT_INIT = nnx.initializers.truncated_normal(stddev=0.02)
 LN_EPS_CONVNEXT = 1e-6  # the reference's own channels-last LayerNorm
@@ -195,20 +197,45 @@ def _shifted_sum(x: jax.Array, w: jax.Array) -> jax.Array:
     return out.astype(x.dtype)
 
 
-@jax.custom_vjp
-def _depthwise_direct(x: jax.Array, w: jax.Array) -> jax.Array:
+def _native(*arrays: jax.Array) -> bool:
+    """Use xecjax.native's CPU kernels: float32 operands and the library built (XLA:CPU only,
+    chosen per platform at lowering; GPUs and bfloat16 keep the pure-JAX forms)."""
+    return all(a.dtype == jnp.float32 for a in arrays) and native.available()
+
+
+def _conv_sum(x: jax.Array, w: jax.Array) -> jax.Array:
+    """The depthwise correlation of the direct form: native on CPU, else the shifted sum."""
+    if _native(x, w):
+        return jax.lax.platform_dependent(x, w, cpu=native.depthwise_forward, default=_shifted_sum)
     return _shifted_sum(x, w)
 
 
+def _conv_kernel_grad(x: jax.Array, g: jax.Array, k: int) -> jax.Array:
+    """Its kernel gradient: native on CPU, else the banded-matmul form (_kernel_grad)."""
+    if _native(x, g):
+        return jax.lax.platform_dependent(
+            x,
+            g,
+            cpu=lambda x, g: native.depthwise_kernel_grad(x, g, k),
+            default=lambda x, g: _kernel_grad(x, g, k),
+        )
+    return _kernel_grad(x, g, k)
+
+
+@jax.custom_vjp
+def _depthwise_direct(x: jax.Array, w: jax.Array) -> jax.Array:
+    return _conv_sum(x, w)
+
+
 def _depthwise_direct_fwd(x, w):
-    return _shifted_sum(x, w), (x, w)
+    return _conv_sum(x, w), (x, w)
 
 
 def _depthwise_direct_bwd(res, g):
     x, w = res
     # 'same' padding with odd k: the input gradient is the same conv with the flipped kernel
-    dx = _shifted_sum(g, w[::-1, ::-1])
-    return dx.astype(x.dtype), _kernel_grad(x, g, w.shape[0]).astype(w.dtype)
+    dx = _conv_sum(g, w[::-1, ::-1])
+    return dx.astype(x.dtype), _conv_kernel_grad(x, g, w.shape[0]).astype(w.dtype)
 
 
 def _kernel_grad(x: jax.Array, g: jax.Array, k: int) -> jax.Array:
@@ -249,7 +276,8 @@ DWCONV_IMPLS = ("direct", "toeplitz", "xla", "onnx")
 def depthwise_conv(x: jax.Array, w: jax.Array, impl: str = "direct") -> jax.Array:
     """Depthwise 'same' convolution, x [B, H, W, C], w [k, k, C] (k odd) -> [B, H, W, C].
 
-    impl "direct" (shifted sums, fastest on CPU), "toeplitz" (banded matmuls), "xla"
+    impl "direct" (CPU: xecjax.native's C++ kernels, or shifted sums and a banded-matmul
+    kernel gradient without them; fastest on CPU), "toeplitz" (banded matmuls), "xla"
     (grouped lax.conv: cuDNN on GPUs) or "onnx" (the same conv; the form exported to ONNX).
     """
     if impl == "direct":
