@@ -154,13 +154,22 @@ def test_depthwise_conv_matches_xla_with_gradients(impl):
         depthwise_conv(x, w, "fft")
 
 
-@pytest.mark.parametrize("impl", ["direct", "toeplitz"])
-def test_convnext_block_cpu_form_equals_plain_graph(impl):
+@pytest.mark.parametrize(
+    "impl,use_native", [("direct", True), ("direct", False), ("toeplitz", False)]
+)
+def test_convnext_block_cpu_form_equals_plain_graph(impl, use_native, monkeypatch):
     """The CPU forms of the ConvNeXt block (hand-written VJP of LN -> Dense -> GELU -> GRN ->
-    Dense, GRN folded; direct: the depthwise conv's own VJP too) equal the plain autodiff graph
-    of the "xla" form: value and every parameter and input gradient, with non-zero GRN gamma
-    and beta, in train mode with drop path."""
+    Dense, GRN folded; direct: the depthwise conv's own VJP too, with xecjax.native's kernels
+    or, where they are not built, the pure-JAX ones) equal the plain autodiff graph of the
+    "xla" form: value and every parameter and input gradient, with non-zero GRN gamma and beta,
+    in train mode with drop path."""
+    from xecjax import native
     from xecjax.models.layers import ConvNeXtBlock
+
+    if use_native and not native.available():
+        pytest.skip("native CPU kernels not built")
+    if not use_native:
+        monkeypatch.setattr(native, "available", lambda: False)
 
     keys = jax.random.split(jax.random.key(6), 4)
     x = jax.random.normal(keys[0], (3, 10, 7, 8))
