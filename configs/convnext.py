@@ -4,11 +4,11 @@ Train (reference size, GPU):
   python -m xecjax.train --config configs/convnext.py --workdir runs/convnext
 Variants: `configs/convnext.py:toy` (CPU minutes on the embedded toy data),
 `configs/convnext.py:smoke` (tests, seconds). Overrides: `--config.optim.lr=8e-4`.
-Expected (toy, measured on the 2-core CPU machine): 7 epochs of 2,880 point-vertex toy
-training events (720 for validation), ~52 events/s, 8.5 min of training with compilation
-(toy files already generated), peak RSS 3.6 GB; validation 68 % opening angle 3.91 deg (3.79
-in the previous measurement, before the same-valued GRN fold changed the float order; 3.85 with
-the toeplitz depthwise conv; 8 epochs of 3,200 events: 2.98 deg in 15 min; run-to-run spread is
+Expected (toy, measured on the 2-core CPU machine with the native depthwise kernels): 7 epochs
+of 2,880 point-vertex toy training events (720 for validation), 86-99 events/s, 4.7 min in all
+with compilation (toy files already generated; ~52 events/s and 8.5 min before those kernels),
+peak RSS 3.4 GB; validation 68 % opening angle 4.46 deg (3.79-3.91 deg in earlier measurements
+with other float orders; 8 epochs of 3,200 events: 2.98 deg in 15 min; run-to-run spread is
 large at this size; the centroid baseline reaches ~1 deg on such data).
 Resume a run: `--config.resume=auto` (same --workdir).
 """
