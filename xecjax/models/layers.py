@@ -198,9 +198,14 @@ def _shifted_sum(x: jax.Array, w: jax.Array) -> jax.Array:
 
 
 def _native(*arrays: jax.Array) -> bool:
-    """Use xecjax.native's CPU kernels: float32 operands and the library built (XLA:CPU only,
-    chosen per platform at lowering; GPUs and bfloat16 keep the pure-JAX forms)."""
-    return all(a.dtype == jnp.float32 for a in arrays) and native.available()
+    """Use xecjax.native's CPU kernels: float32 operands, a CPU default backend (GPU jobs never
+    build the library) and the library built. The CPU branch is still chosen per platform at
+    lowering; GPUs and bfloat16 keep the pure-JAX forms."""
+    return (
+        all(a.dtype == jnp.float32 for a in arrays)
+        and jax.default_backend() == "cpu"
+        and native.available()
+    )
 
 
 def _conv_sum(x: jax.Array, w: jax.Array) -> jax.Array:
