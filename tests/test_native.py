@@ -5,6 +5,8 @@ where XECJAX_REQUIRE_NATIVE=1 (.ci/run) makes a missing or failing build an erro
 """
 
 import os
+import subprocess
+import sys
 
 import jax
 import jax.numpy as jnp
@@ -116,3 +118,23 @@ def test_the_library_is_built_once_per_cache(tmp_path):
     assert native.build_library(cache_dir=tmp_path) == first
     assert first.stat().st_mtime_ns == mtime
     assert [p.name for p in first.parent.iterdir()] == [first.name]  # no temporaries left
+
+
+@pytest.mark.parametrize("required", [False, True])
+def test_without_a_compiler_the_pure_jax_forms_run_or_ci_fails(tmp_path, required):
+    """No compiler: a warning and available() False; under XECJAX_REQUIRE_NATIVE=1 an error."""
+    env = {k: v for k, v in os.environ.items() if k != "XECJAX_REQUIRE_NATIVE"}
+    env.update(CXX=str(tmp_path / "no-such-c++"), XECJAX_NATIVE_CACHE=str(tmp_path / "cache"))
+    if required:
+        env["XECJAX_REQUIRE_NATIVE"] = "1"
+    code = "import xecjax.native as n; print('available', n.available())"
+    done = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300
+    )
+    if required:
+        assert done.returncode != 0
+        assert "NativeBuildError: XECJAX_REQUIRE_NATIVE=1" in done.stderr
+    else:
+        assert done.returncode == 0, done.stderr[-2000:]
+        assert "available False" in done.stdout
+        assert "native CPU kernels unavailable" in done.stderr and "no-such-c++" in done.stderr
