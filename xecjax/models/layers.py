@@ -197,34 +197,34 @@ def _shifted_sum(x: jax.Array, w: jax.Array) -> jax.Array:
     return out.astype(x.dtype)
 
 
-def _native(*arrays: jax.Array) -> bool:
-    """Use xecjax.native's CPU kernels: float32 operands, a CPU default backend (GPU jobs never
-    build the library) and the library built. The CPU branch is still chosen per platform at
-    lowering; GPUs and bfloat16 keep the pure-JAX forms."""
-    return (
+def _native_or(native_fn, jax_fn, *arrays: jax.Array) -> jax.Array:
+    """native_fn(*arrays) with xecjax.native's CPU kernels where they apply, else jax_fn(*arrays).
+
+    They apply to float32 operands with a CPU default backend (GPU jobs never build the
+    library) once the library is built; the CPU branch is still chosen per platform at
+    lowering. GPUs and bfloat16 keep the pure-JAX forms."""
+    if (
         all(a.dtype == jnp.float32 for a in arrays)
         and jax.default_backend() == "cpu"
         and native.available()
-    )
+    ):
+        return jax.lax.platform_dependent(*arrays, cpu=native_fn, default=jax_fn)
+    return jax_fn(*arrays)
 
 
 def _conv_sum(x: jax.Array, w: jax.Array) -> jax.Array:
     """The depthwise correlation of the direct form: native on CPU, else the shifted sum."""
-    if _native(x, w):
-        return jax.lax.platform_dependent(x, w, cpu=native.depthwise_forward, default=_shifted_sum)
-    return _shifted_sum(x, w)
+    return _native_or(native.depthwise_forward, _shifted_sum, x, w)
 
 
 def _conv_kernel_grad(x: jax.Array, g: jax.Array, k: int) -> jax.Array:
     """Its kernel gradient: native on CPU, else the banded-matmul form (_kernel_grad)."""
-    if _native(x, g):
-        return jax.lax.platform_dependent(
-            x,
-            g,
-            cpu=lambda x, g: native.depthwise_kernel_grad(x, g, k),
-            default=lambda x, g: _kernel_grad(x, g, k),
-        )
-    return _kernel_grad(x, g, k)
+    return _native_or(
+        functools.partial(native.depthwise_kernel_grad, k=k),
+        functools.partial(_kernel_grad, k=k),
+        x,
+        g,
+    )
 
 
 @jax.custom_vjp
