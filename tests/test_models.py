@@ -18,6 +18,7 @@ from xecjax import geometry
 from xecjax.export import onnx_function
 from xecjax.models import build_model, count_params, make_apply
 from xecjax.models.layers import GRN, bilinear_matrix, dense, depthwise_conv, resize_bilinear
+from xecjax.models.regressor import first_map_uv, output_dim
 
 CONFIGS = Path(__file__).resolve().parent.parent / "configs"
 # XLA CPU compiles dominate these tests; LLVM -O0 halves them (results are the same math).
@@ -39,6 +40,9 @@ SMOKE = {
     "regressor_uncertainty": ("convnext", {"uncertainty": True}),
     "graph": ("graph", {}),
     "graph_mean_uncertainty": ("graph", {"pooling": "mean", "uncertainty": True}),
+    "regressor_vector": ("convnext", {"output": "vector"}),
+    "regressor_point": ("convnext", {"output": "point", "kappa": True}),
+    "graph_vector_kappa": ("graph", {"output": "vector", "kappa": True}),
 }
 
 
@@ -73,7 +77,9 @@ def sensor_input(batch: int, seed: int = 0) -> jax.Array:
 def test_output_shapes_batch_1_and_3(name):
     # shapes by abstract evaluation (no compile); values are checked in the ONNX parity test
     cfg, params, apply_fn = smoke_apply(name)
-    out_dim = 4 if cfg.uncertainty else 2
+    out_dim = output_dim(cfg)
+    assert out_dim == {"angles": 4 if cfg.uncertainty else 2, "vector": 5 + cfg.kappa,
+                       "point": 8 + cfg.kappa}[cfg.output]  # fmt: skip
     for batch in (1, 3):
         y = jax.eval_shape(lambda p, x: apply_fn(p, x, False, None), params, sensor_input(batch))
         assert y.shape == (batch, out_dim) and y.dtype == jnp.float32
@@ -247,13 +253,24 @@ def test_patch_conv_equals_strided_conv(onnx):
     np.testing.assert_allclose(got, want + bias, rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.parametrize("name", ["regressor_finegrid", "graph"])
+@pytest.mark.parametrize("name", ["regressor_finegrid", "graph", "regressor_point"])
 def test_gradients_finite_and_nonzero_for_every_parameter(name):
     _, params, apply_fn = smoke_apply(name)
     x, target = sensor_input(3), jnp.array([[90.0, 0.0], [80.0, 20.0], [100.0, -30.0]])
+    if name == "regressor_point":
+        # its correction layer starts at zero (a pure soft-argmax), which blocks the gradient
+        # to the tokens at initialisation: give it trained-like small weights
+        def perturb(path, a):
+            if "fc2" in jax.tree_util.keystr(path) and "kernel" in jax.tree_util.keystr(path):
+                return a + 0.02 * jax.random.normal(jax.random.key(1), a.shape, a.dtype)
+            return a
+
+        params = jax.tree_util.tree_map_with_path(perturb, params)
 
     def loss(p):
-        return jnp.mean(jnp.square(apply_fn(p, x, True, jax.random.key(0)) - target))
+        y = apply_fn(p, x, True, jax.random.key(0))
+        # every output column, so that every head parameter (kappa, depth) gets a gradient
+        return jnp.mean(jnp.square(y[:, :2] - target)) + jnp.mean(jnp.square(y[:, 2:]))
 
     grads = fast_jit(jax.grad(loss))(params)
     for path, g in jax.tree_util.tree_leaves_with_path(grads):
@@ -317,7 +334,52 @@ def test_build_model_rejects_bad_options():
         apply_fn(params, jnp.zeros((2, 4092, 2)), False, None)
 
 
-@pytest.mark.parametrize("name", ["regressor_finegrid", "graph"])
+@pytest.mark.parametrize("name", ["regressor_vector", "regressor_point", "graph_vector_kappa"])
+def test_direction_outputs_are_unit_vectors_and_their_angles(name):
+    """vector / point heads: columns 2:5 a unit vector, columns 0:2 exactly its (theta, phi);
+    a point model's direction is the line from the origin to its (u, v, w) output."""
+    cfg, params, apply_fn = smoke_apply(name)
+    y = np.asarray(fast_jit(apply_fn, static_argnums=2)(params, sensor_input(5), False, None))
+    vec = y[:, 2:5]
+    np.testing.assert_allclose(np.linalg.norm(vec, axis=1), 1.0, atol=1e-6)
+    np.testing.assert_allclose(y[:, :2], geometry.vec_to_angles(vec), atol=1e-4)
+    if cfg.output == "point":
+        xyz = geometry.uvw_to_xyz(y[:, -3:].astype(np.float64))
+        np.testing.assert_allclose(vec, xyz / np.linalg.norm(xyz, axis=1, keepdims=True),
+                                   atol=1e-6)  # fmt: skip
+        assert np.all(y[:, -1] > 0)  # depth w = softplus(...) > 0
+
+
+def test_point_head_soft_argmax_finds_a_bright_spot():
+    """An untrained point model on a bright 3 x 3 patch of inner SiPMs (nothing else lit):
+    the soft-argmax (u, v) lands on the patch centre's sensor position (geometry), which
+    checks the pixel coordinates of the first-stage map (half-pixel shift of the stem)."""
+    cfg, params, apply_fn = smoke_apply("regressor_point")
+    x = np.zeros((2, geometry.N_SENSORS, 2), np.float32)
+    x[..., 1] = -1.0
+    centres = [(30, 10), (70, 35)]  # (i_phi, i_z)
+    for b, (i, j) in enumerate(centres):
+        ids = geometry.INNER_MAP[i - 1 : i + 2, j - 1 : j + 2].ravel()
+        x[b, ids, 0] = 1.7  # ~ log1p(1e6 / 1000) / 4.08: a million photons each
+    y = np.asarray(apply_fn(params, jnp.asarray(x), False, None))
+    for b, (i, j) in enumerate(centres):
+        np.testing.assert_allclose(y[b, -3:-1], geometry.INNER_UV[i, j], atol=0.05)
+    assert first_map_uv().shape == (geometry.INNER_NPHI - 1, geometry.INNER_NZ - 1, 2)
+
+
+def test_output_options_are_checked():
+    with pytest.raises(ValueError, match="model.output"):
+        build_model(model_config("convnext", "smoke", output="polar"), rngs=nnx.Rngs(0))
+    with pytest.raises(ValueError, match="kappa"):
+        build_model(model_config("convnext", "smoke", output="vector", uncertainty=True),
+                    rngs=nnx.Rngs(0))  # fmt: skip
+    with pytest.raises(ValueError, match="kappa"):
+        build_model(model_config("convnext", "smoke", kappa=True), rngs=nnx.Rngs(0))
+    with pytest.raises(ValueError, match="point"):
+        build_model(model_config("graph", "smoke", output="point"), rngs=nnx.Rngs(0))
+
+
+@pytest.mark.parametrize("name", ["regressor_finegrid", "graph", "regressor_point"])
 def test_smoke_model_exports_to_onnx_and_matches(name, tmp_path):
     jax2onnx = pytest.importorskip("jax2onnx")
     onnx = pytest.importorskip("onnx")
@@ -348,8 +410,8 @@ def test_smoke_model_exports_to_onnx_and_matches(name, tmp_path):
     x7 = np.asarray(sensor_input(7, seed=7))
     for x in (x7[:1], x7):
         (y,) = session.run(["output"], {"input": x})
-        y_jax = np.asarray(predict_jax(jnp.asarray(x)))
+        y_jax = np.asarray(predict_jax(jnp.asarray(x)))[:, :2]  # the ONNX output: theta, phi
         assert y_jax.shape == (len(x), 2) and np.all(np.isfinite(y_jax))
         np.testing.assert_allclose(y, y_jax, rtol=1e-4, atol=1e-4)
     # events are independent: event 0 alone and inside a batch of 7 give the same answer
-    np.testing.assert_allclose(predict_jax(x7[:1]), predict_jax(x7)[:1], rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(predict_jax(x7[:1]), predict_jax(x7)[:1], rtol=1e-5, atol=2e-5)

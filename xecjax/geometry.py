@@ -309,3 +309,8 @@ def wrap_deg(delta):
     """Wrap an angle difference into [-180, 180) degrees."""
     xp = _xp(delta)
     return xp.mod(delta + 180.0, 360.0) - 180.0
+
+
+# (u, v) of every inner SiPM in the inner-face image layout [93 (phi), 44 (z), 2], cm: the
+# coordinates a network localising the shower on the inner face predicts in.
+INNER_UV = xyz_to_uvw(POSITIONS[INNER_MAP])[..., :2].astype(np.float32)

@@ -101,16 +101,30 @@ class FaceBackbone(nnx.Module):
         self.onnx = dwconv == "onnx"
 
     @property
+    def first_dim(self) -> int:
+        """Channels of the first-stage map (return_map=True)."""
+        return self.stages[0][0].pw2.out_features
+
+    @property
     def out_features(self) -> int:
         dim = self.stages[-1][0].pw2.out_features
         return dim * self.face_grid[0] * self.face_grid[1]
 
-    def __call__(self, x: jax.Array, *, train: bool, rng: jax.Array | None) -> jax.Array:
-        """x [B, H, W, 2] (H, W >= 5) -> [B, d_last * gh * gw]."""
+    def __call__(
+        self, x: jax.Array, *, train: bool, rng: jax.Array | None, return_map: bool = False
+    ) -> jax.Array | tuple[jax.Array, jax.Array]:
+        """x [B, H, W, 2] (H, W >= 5) -> [B, d_last * gh * gw].
+
+        return_map: also return the full-resolution map after the first stage,
+        [B, H - 1, W - 1, dims[0]] (pixel (i, j) is centred between input pixels i..i+1, j..j+1:
+        the stem is a 4 x 4 kernel with padding 1).
+        """
         keys = split_rng(rng, self.n_blocks)
         x = self.stem_norm(self.stem(x))
-        n = 0
+        n, first_map = 0, None
         for s, blocks in enumerate(self.stages):
+            if s == 1:
+                first_map = x
             if s > 0:
                 kernel = self.down_kernels[s - 1][...].astype(x.dtype)
                 bias = self.down_biases[s - 1][...].astype(x.dtype)
@@ -118,6 +132,9 @@ class FaceBackbone(nnx.Module):
             for block in blocks:
                 x = block(x, train=train, rng=keys[n])
                 n += 1
+        if first_map is None:
+            first_map = x
         x = resize_bilinear(x, self.face_grid)
         # channel-major flatten, as torch's x.flatten(1) of an NCHW tensor
-        return x.transpose(0, 3, 1, 2).reshape(x.shape[0], -1)
+        x = x.transpose(0, 3, 1, 2).reshape(x.shape[0], -1)
+        return (x, first_map) if return_map else x

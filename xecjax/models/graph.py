@@ -26,7 +26,13 @@ from xecjax.models.layers import (
     layer_norm,
     split_rng,
 )
-from xecjax.models.regressor import RegressionHead, check_input, compute_dtype
+from xecjax.models.regressor import (
+    RegressionHead,
+    check_input,
+    compute_dtype,
+    direction_output,
+    output_kind,
+)
 
 POOLINGS = ("mean", "attention")
 
@@ -99,6 +105,9 @@ class SensorGraphModel(nnx.Module):
         )
         self.out_norm = layer_norm(dim, LN_EPS_TORCH, dtype, rngs)
         self.pool_score = dense(dim, 1, dtype, rngs) if self.pooling == "attention" else None
+        self.output = output_kind(cfg)
+        if self.output == "point":
+            raise ValueError("model.output = 'point' is a regressor option (inner-face CNN map)")
         self.head = RegressionHead.from_config(dim, cfg, dtype=dtype, rngs=rngs)
         self.dtype = dtype
 
@@ -123,7 +132,8 @@ class SensorGraphModel(nnx.Module):
             score = self.pool_score(h)[..., 0].astype(jnp.float32)  # [B, N]
             attn = jax.nn.softmax(score, axis=-1).astype(h.dtype)
             pooled = jnp.einsum("bn,bnc->bc", attn, h)
-        return self.head(pooled, train=train, rng=r_head).astype(jnp.float32)
+        out = self.head(pooled, train=train, rng=r_head).astype(jnp.float32)
+        return direction_output(out, self.output)
 
 
 def build(cfg: ml_collections.ConfigDict, *, rngs: nnx.Rngs) -> SensorGraphModel:

@@ -16,6 +16,8 @@ Tokens: [inner, us, ds, outer | outer_coarse, outer_center, top, bottom].
 
 from __future__ import annotations
 
+import functools
+
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -36,6 +38,7 @@ from xecjax.models.layers import (
 )
 
 OUTER_MODES = ("finegrid", "split")
+OUTPUTS = ("angles", "vector", "point")
 
 
 def compute_dtype(cfg: ml_collections.ConfigDict):
@@ -54,9 +57,34 @@ def compute_dtype(cfg: ml_collections.ConfigDict):
     return jnp.float32
 
 
+def output_kind(cfg: ml_collections.ConfigDict) -> str:
+    """model.output: "angles" (the reference), "vector" or "point" (see output_dim)."""
+    kind = cfg.get("output", "angles")
+    if kind not in OUTPUTS:
+        raise ValueError(f"model.output must be one of {OUTPUTS}, got {kind!r}")
+    if kind != "angles" and cfg.get("uncertainty", False):
+        raise ValueError(
+            f"model.uncertainty (Gaussian sigmas of theta, phi) needs model.output = 'angles'; "
+            f"with model.output = {kind!r} use model.kappa (von Mises-Fisher concentration)"
+        )
+    if kind == "angles" and cfg.get("kappa", False):
+        raise ValueError("model.kappa needs model.output = 'vector' or 'point'")
+    return kind
+
+
 def output_dim(cfg: ml_collections.ConfigDict) -> int:
-    """2 (theta, phi) or 4 with the log-sigma outputs of model.uncertainty."""
-    return 4 if cfg.get("uncertainty", False) else 2
+    """Width of the model output; columns 0, 1 are always (theta, phi) in degrees.
+
+    "angles": 2, or 4 with model.uncertainty (+ log sigma_theta, log sigma_phi in log-degrees).
+    "vector": 5 = (theta, phi, x, y, z of the unit direction), 6 with model.kappa (+ log kappa
+    of a von Mises-Fisher distribution around the direction).
+    "point": the vector's columns followed by the predicted conversion point (u, v, w) in cm:
+    8, or 9 with model.kappa.
+    """
+    kind = output_kind(cfg)
+    if kind == "angles":
+        return 4 if cfg.get("uncertainty", False) else 2
+    return (6 if cfg.get("kappa", False) else 5) + (3 if kind == "point" else 0)
 
 
 def token_names(outer_mode: str) -> tuple[str, ...]:
@@ -137,7 +165,14 @@ class XECRegressor(nnx.Module):
             )
             for _ in range(int(cfg.num_layers))
         )
-        self.head = RegressionHead.from_config(len(self.tokens) * d, cfg, dtype=dtype, rngs=rngs)
+        self.output = output_kind(cfg)
+        if self.output == "point":
+            self.head = PointHead(len(self.tokens) * d, self.backbone.first_dim, cfg,
+                                  dtype=dtype, rngs=rngs)  # fmt: skip
+        else:
+            self.head = RegressionHead.from_config(
+                len(self.tokens) * d, cfg, dtype=dtype, rngs=rngs
+            )
         self.dtype = dtype
 
     def __call__(
@@ -150,18 +185,33 @@ class XECRegressor(nnx.Module):
         # One backbone / hex-encoder call per face. (Batch-concatenating equal-shape faces
         # exports with wrong symbolic batch sizes in jax2onnx 0.17 and ONNX Runtime rejects it.)
         names = [n for n in self.tokens if n not in ("top", "bottom")]
-        feats = {
-            n: self.backbone(faces[n], train=train, rng=key)
-            for n, key in zip(names, split_rng(r_cnn, len(names)), strict=True)
-        }
+        feats, inner_map = {}, None
+        for n, key in zip(names, split_rng(r_cnn, len(names)), strict=True):
+            if n == "inner" and self.output == "point":
+                feats[n], inner_map = self.backbone(faces[n], train=train, rng=key, return_map=True)
+            else:
+                feats[n] = self.backbone(faces[n], train=train, rng=key)
         for n, key in zip(("top", "bottom"), split_rng(r_hex, 2), strict=True):
             feats[n] = self.hex_encoder(faces[n], train=train, rng=key)
         tokens = jnp.stack([feats[n] for n in self.tokens], axis=1)
         tokens = tokens + self.pos_embed[...].astype(tokens.dtype)
         for layer, key in zip(self.fusion, split_rng(r_fusion, len(self.fusion)), strict=True):
             tokens = layer(tokens, train=train, rng=key)
-        out = self.head(tokens.reshape(tokens.shape[0], -1), train=train, rng=r_head)
-        return out.astype(jnp.float32)
+        flat = tokens.reshape(tokens.shape[0], -1)
+        if self.output == "point":
+            light = faces["inner"][..., 0]
+            return self.head(flat, inner_map, light, train=train, rng=r_head)
+        out = self.head(flat, train=train, rng=r_head).astype(jnp.float32)
+        return direction_output(out, self.output)
+
+
+def direction_output(out: jax.Array, kind: str) -> jax.Array:
+    """Raw head output -> the model output of `kind` (output_dim): angles pass through;
+    "vector" normalises the first 3 columns to the unit direction and puts (theta, phi) first."""
+    if kind == "angles":
+        return out
+    vec = out[:, :3] / jnp.maximum(jnp.linalg.norm(out[:, :3], axis=-1, keepdims=True), 1e-12)
+    return jnp.concatenate([geometry.vec_to_angles(vec), vec, out[:, 3:]], axis=-1)
 
 
 def check_input(x: jax.Array) -> None:
@@ -179,8 +229,12 @@ class RegressionHead(nnx.Module):
         self.fc2 = dense(hidden, dout, dtype, rngs)
         # Start at the centre of the acceptance rather than at (0, 0): the angles are regressed
         # in degrees (theta ~ 90), which a zero bias would take thousands of steps to reach.
+        # A direction vector (output "vector": dout 3 or 4) starts at the same direction.
         bias = np.zeros(dout, np.float32)
-        bias[:2] = geometry.ACCEPTANCE_CENTER_DEG
+        if dout in (3, 4):
+            bias[:3] = geometry.angles_to_vec(*geometry.ACCEPTANCE_CENTER_DEG)
+        else:
+            bias[:2] = geometry.ACCEPTANCE_CENTER_DEG
         self.fc2.bias[...] = jnp.asarray(bias, self.fc2.bias[...].dtype)
         self.dropout = dropout
 
@@ -189,10 +243,11 @@ class RegressionHead(nnx.Module):
         cls, din: int, cfg: ml_collections.ConfigDict, *, dtype, rngs: nnx.Rngs
     ) -> RegressionHead:
         """The head every model family ends in: sizes from model.head_hidden / head_dropout."""
+        dout = output_dim(cfg)
         return cls(
             din,
             int(cfg.head_hidden),
-            output_dim(cfg),
+            dout - 2 if output_kind(cfg) == "vector" else dout,  # (x, y, z[, log kappa])
             dropout=float(cfg.head_dropout),
             dtype=dtype,
             rngs=rngs,
@@ -201,6 +256,82 @@ class RegressionHead(nnx.Module):
     def __call__(self, x: jax.Array, *, train: bool, rng: jax.Array | None) -> jax.Array:
         h = gelu(self.norm(self.fc1(x)))
         return self.fc2(dropout(h, self.dropout, train=train, rng=rng))
+
+
+@functools.cache
+def first_map_uv() -> np.ndarray:
+    """(u, v) cm of the inner CNN's first-stage pixels, [92, 43, 2]: pixel (i, j) sits between
+    inner sensors i..i+1, j..j+1 (4 x 4 stem with padding 1). A constant, not module state."""
+    uv = geometry.INNER_UV
+    return (uv[:-1, :-1] + uv[1:, :-1] + uv[:-1, 1:] + uv[1:, 1:]) / 4
+
+
+class PointHead(nnx.Module):
+    """The direction as the line from the target centre to a predicted conversion point.
+
+    The shower is localised on the inner face by a soft-argmax: a per-pixel logit on the inner
+    CNN's full-resolution map, softmax over the face, and the weighted mean of the pixels'
+    (u, v) (geometry.INNER_UV; sub-pixel by construction). An MLP on the fusion tokens and the
+    soft-argmax-pooled local features adds (du, dv) and the depth w (softplus, cm), and
+    optionally log kappa. (u, v, w) -> xyz (geometry.uvw_to_xyz) -> unit vector from the origin.
+    The correction layer starts at zero, so an untrained model is a learned-window centroid at
+    the typical depth. The point itself is output too (last 3 columns) and can be trained
+    towards the true conversion point (config.optim.point_weight, losses.point_loss): the
+    depth, which sets theta, then has a direct target.
+    """
+
+    INIT_DEPTH_CM = 5.0
+    INIT_LIGHT_SCALE = 8.0
+
+    def __init__(self, din: int, map_dim: int, cfg, *, dtype, rngs: nnx.Rngs):
+        self.logit = dense(map_dim, 1, dtype, rngs)
+        # A direct path from the input light to the logits: the CNN map is layer-normalised
+        # per pixel and so carries the local intensity only weakly. With the log1p feature,
+        # exp(s2 * feature) ~ npho / s: the initial scale weights pixels ~ npho^2.
+        self.light_scale = nnx.Param(jnp.asarray(self.INIT_LIGHT_SCALE, jnp.float32))
+        kappa = bool(cfg.get("kappa", False))
+        self.mlp = RegressionHead(
+            din + map_dim,
+            int(cfg.head_hidden),
+            4 if kappa else 3,
+            dropout=float(cfg.head_dropout),
+            dtype=dtype,
+            rngs=rngs,
+        )
+        self.mlp.fc2.kernel[...] = jnp.zeros_like(self.mlp.fc2.kernel[...])
+        bias = np.zeros(4 if kappa else 3, np.float32)
+        bias[2] = np.log(np.expm1(self.INIT_DEPTH_CM))  # softplus^-1
+        if kappa:
+            bias[3] = np.log(1.0 / np.deg2rad(1.0) ** 2)  # kappa ~ 1/sigma^2, sigma = 1 deg
+        self.mlp.fc2.bias[...] = jnp.asarray(bias)
+
+    def __call__(
+        self, tokens: jax.Array, fmap: jax.Array, light: jax.Array, *, train: bool, rng
+    ) -> jax.Array:
+        """tokens [B, D], fmap [B, 92, 43, C] first-stage inner map, light [B, 93, 44] the
+        inner face's npho feature -> [B, 8 | 9] (theta, phi, unit vector[, log kappa], u, v, w)."""
+        b, h, w, c = fmap.shape
+        pixel_uv = first_map_uv()
+        if (h, w) != pixel_uv.shape[:2]:
+            raise ValueError(f"PointHead: inner map {fmap.shape[1:3]} != {pixel_uv.shape[:2]}")
+        light = light.astype(jnp.float32)
+        light = (light[:, :-1, :-1] + light[:, 1:, :-1] + light[:, :-1, 1:] + light[:, 1:, 1:]) / 4
+        logits = self.logit(fmap).reshape(b, h * w).astype(jnp.float32)
+        logits = logits + self.light_scale[...] * light.reshape(b, h * w)
+        weights = jax.nn.softmax(logits, axis=-1)
+        uv = weights @ jnp.asarray(pixel_uv.reshape(h * w, 2))
+        local = jnp.einsum("bp,bpc->bc", weights, fmap.reshape(b, h * w, c).astype(jnp.float32))
+        extra = self.mlp(
+            jnp.concatenate([tokens.astype(jnp.float32), local], -1).astype(tokens.dtype),
+            train=train,
+            rng=rng,
+        ).astype(jnp.float32)
+        uvw = jnp.stack([uv[:, 0] + extra[:, 0], uv[:, 1] + extra[:, 1],
+                         jax.nn.softplus(extra[:, 2])], -1)  # fmt: skip
+        out = direction_output(
+            jnp.concatenate([geometry.uvw_to_xyz(uvw), extra[:, 3:]], -1), "vector"
+        )
+        return jnp.concatenate([out, uvw], -1)
 
 
 def build(cfg: ml_collections.ConfigDict, *, rngs: nnx.Rngs) -> XECRegressor:
