@@ -70,3 +70,89 @@ def test_weighted_quantile_matches_numpy_and_drops_zero_weights():
     assert metrics.weighted_quantile(x, 0.68, np.ones(101)) == pytest.approx(np.quantile(x, 0.68))
     w = np.r_[np.ones(101), 0.0]
     assert metrics.weighted_quantile(np.r_[x, 1e9], 0.68, w) == pytest.approx(np.quantile(x, 0.68))
+
+
+# ----------------------------------------------------------------------------------------------
+# Unit-vector outputs: angular on columns 2:5, von Mises-Fisher NLL.
+# ----------------------------------------------------------------------------------------------
+TRUE_EQ = np.array([[90.0, 0.0]])  # unit vector (-1, 0, 0)
+
+
+def vector_pred(psi_deg, log_kappa=None, theta_phi=(0.0, 0.0)):
+    """[N, 5 | 6] predictions at opening angle psi from TRUE_EQ (in the theta direction).
+
+    Columns 0, 1 are deliberately wrong (theta_phi): the losses must use the vector columns.
+    """
+    psi = np.atleast_1d(np.asarray(psi_deg, np.float64))
+    t = np.deg2rad(90.0 + psi)
+    vec = np.stack([-np.sin(t), np.zeros_like(t), np.cos(t)], 1)
+    cols = [np.tile(theta_phi, (len(psi), 1)), vec]
+    if log_kappa is not None:
+        cols.append(np.broadcast_to(np.asarray(log_kappa, np.float64), psi.shape)[:, None])
+    return np.concatenate(cols, 1)
+
+
+def test_angular_uses_the_unit_vector_columns():
+    psi = np.array([0.0, 3.0, 40.0, 180.0])
+    true = jnp.asarray(np.repeat(TRUE_EQ, len(psi), 0), jnp.float32)
+    for log_kappa in (None, 2.0):  # width 5 and width 6
+        pred = jnp.asarray(vector_pred(psi, log_kappa), jnp.float32)
+        np.testing.assert_allclose(
+            losses.angular(pred, true), 1 - np.cos(np.deg2rad(psi)), atol=2e-6
+        )
+
+
+def vmf_nll_numpy(kappa, psi_rad):
+    """Hand-written vMF NLL in float64 from the textbook normalisation."""
+    log_c = np.log(kappa) - np.log(2 * np.pi) - kappa - np.log1p(-np.exp(-2 * kappa))
+    return -(log_c + kappa * np.cos(psi_rad))
+
+
+@pytest.mark.parametrize("kappa", [0.01, 1.0, 100.0, 1e4])
+def test_vmf_nll_is_normalised_on_the_sphere(kappa):
+    # integral of exp(-nll) over the sphere = 2 pi * int_0^2 density(u) du, u = 1 - cos psi;
+    # the grid in u resolves the 1/kappa width of the peak.
+    u = np.linspace(0.0, min(2.0, 60.0 / kappa), 40001)
+    psi = np.rad2deg(np.arccos(1.0 - u))
+    pred = jnp.asarray(vector_pred(psi, np.log(kappa)), jnp.float32)
+    true = jnp.asarray(np.repeat(TRUE_EQ, len(u), 0), jnp.float32)
+    nll = np.asarray(losses.vmf(pred, true), np.float64)
+    assert np.isfinite(nll).all()
+    integral = 2 * np.pi * np.trapezoid(np.exp(-nll), u)
+    assert integral == pytest.approx(1.0, rel=2e-3)
+    # and point by point against the float64 textbook form (away from float32 rounding of u)
+    sel = u < 20.0 / kappa
+    np.testing.assert_allclose(
+        nll[sel], vmf_nll_numpy(kappa, np.deg2rad(psi[sel])), atol=2e-4 * max(1.0, kappa * 1e-2)
+    )
+
+
+def test_vmf_nll_limits_and_errors():
+    true = jnp.asarray(TRUE_EQ, jnp.float32)
+    # kappa -> 0: uniform on the sphere, density 1 / (4 pi) whatever psi
+    for psi in (0.0, 90.0, 180.0):
+        pred = jnp.asarray(vector_pred(psi, np.log(1e-8)), jnp.float32)
+        np.testing.assert_allclose(losses.vmf(pred, true), [np.log(4 * np.pi)], rtol=1e-6)
+    # large kappa at psi = 0: -log(kappa / 2 pi)
+    pred = jnp.asarray(vector_pred(0.0, np.log(1e6)), jnp.float32)
+    np.testing.assert_allclose(losses.vmf(pred, true), [-np.log(1e6 / (2 * np.pi))], rtol=1e-6)
+    with pytest.raises(ValueError, match="model.kappa"):
+        losses.vmf(jnp.asarray(vector_pred(0.0), jnp.float32), true)  # 5 columns
+    with pytest.raises(ValueError, match="model.output"):
+        losses.vmf(PRED, TRUE)
+    assert losses.get_loss("vmf") is losses.vmf
+
+
+@pytest.mark.parametrize("kappa", [1e-4, 1e-3, 1.0, 1e6])
+def test_vmf_nll_gradients_are_finite_at_extreme_kappa(kappa):
+    import jax
+
+    psi = np.array([0.0, 1e-3, 1.0, 90.0, 180.0])
+    pred = jnp.asarray(vector_pred(psi, np.log(kappa)), jnp.float32)
+    true = jnp.asarray(np.repeat(TRUE_EQ, len(psi), 0), jnp.float32)
+    value, grad = jax.jit(jax.value_and_grad(lambda p: losses.vmf(p, true).sum()))(pred)
+    assert np.isfinite(value) and np.isfinite(np.asarray(grad)).all()
+    # d nll / d log kappa = kappa (1 - cos psi) - 1 + 2 kappa / expm1(2 kappa) (float64 by hand)
+    u = 1 - np.cos(np.deg2rad(psi))
+    want = kappa * u - 1 + (2 * kappa / np.expm1(2 * kappa) if kappa < 100 else 0.0)
+    np.testing.assert_allclose(np.asarray(grad)[:, 5], want, rtol=1e-3, atol=1e-5 * kappa + 1e-6)

@@ -27,6 +27,19 @@ def _cast(tree: Any, dtype) -> Any:
     )
 
 
+def per_sample_loss(loss_fn, point_weight: float):
+    """(pred, batch) -> [B]: the configured loss on the angles, plus point_weight times the
+    conversion-point loss (losses.point_loss, "point" models) when point_weight > 0."""
+
+    def fn(pred, batch):
+        loss = loss_fn(pred, batch["angles"])
+        if point_weight > 0:
+            loss = loss + point_weight * losses.point_loss(pred, batch["xyzTruth"])
+        return loss
+
+    return fn
+
+
 def make_train_step(apply_fn, tx, loss_fn, config: ml_collections.ConfigDict):
     """step(state, batch) -> (state, {"loss", "grad_norm", "finite"}).
 
@@ -36,13 +49,14 @@ def make_train_step(apply_fn, tx, loss_fn, config: ml_collections.ConfigDict):
     ema_decay = float(config.optim.ema_decay)
     compute = jnp.bfloat16 if config.train.bf16 else jnp.float32
     nan_step = int(config.train.debug_nan_step)
+    sample_loss = per_sample_loss(loss_fn, float(config.optim.get("point_weight", 0.0)))
 
     def step_fn(state, batch):
         rng = jax.random.fold_in(state["rng"], state["step"])
 
         def loss_of(params):
             pred = apply_fn(_cast(params, compute), batch["x"].astype(compute), True, rng)
-            per_sample = loss_fn(pred.astype(jnp.float32), batch["angles"])
+            per_sample = sample_loss(pred.astype(jnp.float32), batch)
             return losses.weighted_mean(per_sample, batch["weight"] * batch["valid"])
 
         loss, grads = jax.value_and_grad(loss_of)(state["params"])
@@ -66,15 +80,16 @@ def make_train_step(apply_fn, tx, loss_fn, config: ml_collections.ConfigDict):
     return step_fn
 
 
-def make_eval_step(apply_fn, loss_fn, bf16: bool):
+def make_eval_step(apply_fn, loss_fn, bf16: bool, point_weight: float = 0.0):
     """eval(params, batch) -> (predictions [B, C] float32, per-sample loss [B])."""
     compute = jnp.bfloat16 if bf16 else jnp.float32
+    sample_loss = per_sample_loss(loss_fn, point_weight)
 
     def eval_fn(params, batch):
         pred = apply_fn(
             _cast(params, compute), batch["x"].astype(compute), False, jax.random.PRNGKey(0)
         ).astype(jnp.float32)
-        return pred, loss_fn(pred, batch["angles"])
+        return pred, sample_loss(pred, batch)
 
     return eval_fn
 
