@@ -53,7 +53,8 @@ def _loader(sources, **kw) -> Loader:
 
 
 def _whole(files) -> list[Source]:
-    return make_split(files, val_fraction=0.5).train + make_split(files, val_fraction=0.5).val
+    sp = make_split(files, val_fraction=0.5, test_fraction=0.0)
+    return sp.train + sp.val
 
 
 # ----------------------------------------------------------------------------------------------
@@ -71,28 +72,103 @@ def test_discover_files(toy, tmp_path):
         discover_files(tmp_path)
 
 
+def _paths(sources) -> list[str]:
+    return [s.path for s in sources]
+
+
 def test_split_by_file(toy):
     a, b = make_split(toy, seed=3), make_split(toy, seed=3)
     assert a == b  # reproducible
-    assert len(a.val) == 1 and len(a.train) == 2
-    assert not {s.path for s in a.train} & {s.path for s in a.val}
-    assert all(s.start == 0 and s.stop == EVENTS_PER_FILE for s in a.train + a.val)
+    assert len(a.train) == len(a.val) == len(a.test) == 1  # default val and test 0.2 each
+    assert sorted(_paths(a.train + a.val + a.test)) == sorted(toy)  # disjoint, all files
+    assert all(s.start == 0 and s.stop == EVENTS_PER_FILE for s in a.train + a.val + a.test)
     assert len({make_split(toy, seed=s).val[0].path for s in range(12)}) > 1  # seed matters
+    assert len({make_split(toy, seed=s).test[0].path for s in range(12)}) > 1
     recorded = json.loads(json.dumps(a.to_dict()))
-    assert Split.from_dict(recorded) == a
-    explicit = make_split(None, train=toy[:2], val=toy[2])
-    assert [s.path for s in explicit.val] == [toy[2]] and len(explicit.train) == 2
-    assert [s.path for s in make_split(toy, val=toy[0]).train] == sorted(toy[1:])
-    with pytest.raises(ValueError, match="both train and val"):
-        make_split(None, train=toy, val=toy[0])
+    assert set(recorded) == {"train", "val", "test"} and Split.from_dict(recorded) == a
+    two = make_split(toy, seed=3, test_fraction=0.0)  # no test part: the split of before
+    assert len(two.val) == 1 and len(two.train) == 2 and two.test == []
+    assert two.val == a.val  # the same validation file with and without a test part
 
 
-def test_split_single_file_by_range(toy):
-    sp = make_split(toy[0], val_fraction=0.25)
+def test_split_three_parts_by_whole_file(toy, tmp_path):
+    files = []
+    for k in range(10):  # 10 files: copies of the toy files under other names
+        files.append(str(tmp_path / f"f{k}.root"))
+        shutil.copy(toy[k % 3], files[-1])
+    sp = make_split(files, val_fraction=0.2, test_fraction=0.3, seed=1)
+    assert (len(sp.train), len(sp.val), len(sp.test)) == (5, 2, 3)
+    assert sorted(_paths(sp.train + sp.val + sp.test)) == sorted(files)
+    four = make_split(files[:4], val_fraction=0.4, test_fraction=0.4)  # 2 + 2 > 3: 1 train left
+    assert (len(four.train), len(four.val), len(four.test)) == (1, 2, 1)
+    with pytest.raises(ValueError, match="test_fraction"):
+        make_split(files, val_fraction=0.5, test_fraction=0.5)
+    with pytest.raises(ValueError, match="test_fraction"):
+        make_split(files, test_fraction=-0.1)
+
+
+@pytest.mark.parametrize("n_files", [1, 2])
+def test_split_few_files_by_event_range(toy, n_files):
+    """Too few files for whole-file parts: every file is cut into train, val, test ranges."""
+    files = toy[:n_files]
+    sp = make_split(files, val_fraction=0.2, test_fraction=0.25)
+    assert len(sp.train) == len(sp.val) == len(sp.test) == n_files
+    for tr, va, te in zip(sp.train, sp.val, sp.test, strict=True):
+        assert tr.path == va.path == te.path
+        assert (tr.start, tr.stop, va.stop, te.stop) == (0, va.start, te.start, EVENTS_PER_FILE)
+        assert (va.n_events, te.n_events) == (32, 40)  # round(0.2 * 160), round(0.25 * 160)
+    ids = {
+        part: _ids(list(_loader(getattr(sp, part), shuffle=False, drop_remainder=False).epoch(0)))
+        for part in ("train", "val", "test")
+    }
+    everything = np.concatenate(list(ids.values()))
+    assert len(everything) == n_files * EVENTS_PER_FILE == len(set(everything))  # no event twice
+    assert sum(s.n_events for s in sp.train + sp.val + sp.test) == n_files * EVENTS_PER_FILE
+
+
+def test_split_single_file_by_range(toy, tmp_path):
+    sp = make_split(toy[0], val_fraction=0.25, test_fraction=0.0)  # two parts, as before
     (tr,), (va,) = sp.train, sp.val
+    assert sp.test == []
     assert (tr.start, tr.stop, va.start, va.stop) == (0, 120, 120, EVENTS_PER_FILE)
     ids = lambda s: _ids(list(_loader([s], shuffle=False, drop_remainder=False).epoch(0)))  # noqa: E731
     assert not set(ids(tr)) & set(ids(va))
+    two_events = str(write_tree(tmp_path / "two.root", _events(toy[0], 2)))
+    assert make_split(two_events, test_fraction=0.0).val == [Source(two_events, 1, 2)]
+    with pytest.raises(DataError, match="cannot split it into 3 event ranges"):
+        make_split(two_events, test_fraction=0.2)
+
+
+def test_split_explicit_files(toy):
+    explicit = make_split(None, train=toy[:2], val=toy[2])
+    assert _paths(explicit.val) == [toy[2]] and len(explicit.train) == 2
+    assert explicit.test == []  # nothing left over
+    assert _paths(make_split(toy, val=toy[0]).train) == sorted(toy[1:])
+    three = make_split(None, train=toy[0], val=toy[1], test=toy[2])
+    assert [_paths(p) for p in (three.train, three.val, three.test)] == [[t] for t in toy]
+    rest = make_split(toy, train=toy[0], val=toy[1])  # test: the rest of files
+    assert _paths(rest.test) == [toy[2]]
+    only_test = make_split(toy, test=toy[2], test_fraction=0.2)  # rest split into train/val
+    assert _paths(only_test.test) == [toy[2]]
+    assert sorted(_paths(only_test.train + only_test.val)) == sorted(toy[:2])
+    no_val = make_split(toy, train=toy[0], test=toy[2])  # val: the rest
+    assert _paths(no_val.val) == [toy[1]]
+    with pytest.raises(ValueError, match="both train and val"):
+        make_split(None, train=toy, val=toy[0])
+    with pytest.raises(ValueError, match=r"both train and test: \[.*toy_5_2"):
+        make_split(None, train=toy[1:], val=toy[0], test=toy[2])
+    with pytest.raises(ValueError, match="both val and test"):
+        make_split(None, train=toy[0], val=toy[1:], test=toy[2])
+    with pytest.raises(ValueError, match="leaves val empty"):
+        make_split(toy, train=toy[:2], test=toy[2])
+
+
+def test_split_from_an_old_dict_has_no_test_part(toy):
+    old = {"train": [{"path": toy[0], "start": 0, "stop": 100}],
+           "val": [{"path": toy[0], "start": 100, "stop": 160}]}  # fmt: skip
+    sp = Split.from_dict(old)
+    assert sp.test == [] and sp.val == [Source(toy[0], 100, 160)]
+    assert Split.from_dict(sp.to_dict()) == sp
 
 
 def test_epoch_delivers_every_event_once(toy):

@@ -154,17 +154,71 @@ def test_evaluation_of_a_trained_run_writes_everything(evaluated):
         assert (out / name).stat().st_size > 0, name
     assert not list(out.glob(".*tmp*"))  # no temporary files left behind
     n = s["data"]["n_events"]
-    assert s["data"]["recorded_split"] and n == round(0.2 * 96)  # the run's validation split
+    assert s["data"]["split"] == "test" and n == round(0.2 * 96)  # the run's test split
     assert len((out / "predictions_run.csv").read_text().splitlines()) == n + 1
     tree = uproot.open(out / "validation_results_run.root")["val_tree"]
     assert tree.num_entries == n
     events = tree["event_id"].array(library="np")
-    assert events.min() >= 96 - n  # single toy file: validation = its last events
+    assert events.min() >= 96 - n  # single toy file: test = its last events
     assert json.loads((out / "summary.json").read_text())["val_resolution_deg"] > 0
-    assert set(s["metrics"]) == {"model", *evaluate.BASELINES}
+    assert set(s["metrics"]) == {"model", *evaluate.BASELINES, evaluate.TRUTH_POINT}
+    # toy data have a point vertex at the target centre: the truth-point floor is ~0
+    assert s["metrics"][evaluate.TRUTH_POINT]["psi_68"] < 0.01
     assert s["metrics"]["baseline_fit"]["psi_68"] < 1.0  # point-vertex toy data
-    assert "| baseline_fit |" in (out / "summary.md").read_text()
+    md = (out / "summary.md").read_text()
+    assert "| baseline_fit |" in md
+    assert md.splitlines()[0] == "# Evaluation of run on the test split"
+    assert "the run’s test split (held out from training and from choosing `best`)" in md
     assert (evaluated["workdir"] / "summary.json").exists()  # training's summary is kept
+
+
+@pytest.fixture
+def without_test_part(monkeypatch):
+    """read_meta of a run recorded before the test split existed (its split has no "test")."""
+    from xecjax import checkpoint
+
+    real = checkpoint.read_meta
+
+    def old_meta(*args, **kw):
+        step, meta = real(*args, **kw)
+        meta["split"].pop("test")
+        return step, meta
+
+    monkeypatch.setattr(checkpoint, "read_meta", old_meta)
+
+
+def test_an_unrecorded_split_is_refused_before_writing_anything(
+    evaluated, without_test_part, tmp_path, capsys
+):
+    out = tmp_path / "out"
+    with pytest.raises(ValueError, match=r"test split is not recorded in .*run.*--split val"):
+        evaluate.evaluate_run(evaluated["workdir"], out_dir=out, log_mlflow=False)
+    assert not out.exists()
+    args = ["--workdir", str(evaluated["workdir"]), "--out", str(out), "--no-mlflow"]
+    assert evaluate.main(args) == 2
+    err = capsys.readouterr().err
+    assert "test split is not recorded" in err and "--data FILES" in err
+    assert not out.exists()
+    # the validation part is still recorded: --split val evaluates it and says so
+    s = evaluate.evaluate_run(evaluated["workdir"], out_dir=out, log_mlflow=False, split="val",
+                              max_events=8, batch_size=16, n_saliency=4, n_worst=1,
+                              with_baseline=False)  # fmt: skip
+    assert s["data"]["split"] == "val" and s["data"]["n_events"] == 8
+    assert (out / "summary.md").read_text().startswith("# Evaluation of run on the val split")
+
+
+def test_given_files_warn_on_training_and_validation_overlap(evaluated):
+    from xecjax.checkpoint import read_meta
+
+    _, meta = read_meta(evaluated["workdir"], "best")
+    (path,) = {s["path"] for s in meta["split"]["test"]}  # smoke: one file, event ranges
+    with pytest.warns(UserWarning) as record:
+        sources = evaluate.evaluation_sources(meta, path)
+    messages = " ".join(str(w.message) for w in record)
+    assert "training files" in messages and "validation (chose `best`) files" in messages
+    assert [(s.start, s.stop) for s in sources] == [(0, 96)]
+    with pytest.raises(ValueError, match=r"split must be one of test\|val, got .train."):
+        evaluate.evaluation_sources(meta, None, "train")
 
 
 def test_artifacts_are_logged_to_the_runs_mlflow_entry(evaluated):

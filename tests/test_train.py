@@ -169,6 +169,18 @@ def test_smoke_run_lowers_the_loss_and_writes_everything(base, runs):
     assert client.get_metric_history(run.info.run_id, "train_loss")[-1].value == pytest.approx(
         losses[-1]
     )
+    # the conventional baselines on the same validation events, once per run, logged as a
+    # flat reference line beside every validation point
+    baselines = history["baselines"]
+    assert set(baselines) == {
+        "baseline_fit_resolution_deg",
+        "baseline_centroid_resolution_deg",
+        "baseline_fit_vertex_resolution_deg",
+    }
+    assert all(0 < v < 3 for v in baselines.values()), baselines  # point-vertex toy data
+    fit = client.get_metric_history(run.info.run_id, "baseline_fit_resolution_deg")
+    assert len(fit) == 4
+    assert all(m.value == pytest.approx(baselines["baseline_fit_resolution_deg"]) for m in fit)
 
 
 def test_resume_two_plus_two_epochs_equals_four(base, runs):
@@ -318,6 +330,40 @@ def test_config_overrides_parse_and_unknown_keys_are_rejected(capsys):
         assert message in capsys.readouterr().err, bad
     with pytest.raises(ValueError, match="unknown variant"):
         load_config(f"{ROOT / 'configs' / 'convnext.py'}:huge")
+
+
+@pytest.mark.parametrize("key", ["train", "val", "test"])
+def test_one_explicit_side_without_path_is_refused(tmp_path, key):
+    """Without data.path the missing side used to become the generated toy data set, silently."""
+    from xecjax.simulate import write_toy_files
+    from xecjax.train import make_data
+
+    (path,) = write_toy_files(tmp_path / "mine", 24, seed=3)
+    config = load_config(CONFIG)
+    config.data.toy_dir = str(tmp_path / "toy")
+    config.data[key] = str(path)
+    with pytest.raises(ValueError, match=rf"config\.data\.{key} set without config\.data\.path"):
+        make_data(config, None)
+    assert not (tmp_path / "toy").exists()  # no toy data generated either
+
+
+def test_make_data_records_a_test_part_and_never_loads_it(tmp_path):
+    from xecjax.simulate import write_toy_files
+    from xecjax.train import make_data
+
+    write_toy_files(tmp_path / "d", 5 * 24, n_files=5, seed=2)
+    config = load_config(CONFIG)
+    config.data.path = str(tmp_path / "d")
+    data = make_data(config, None)
+    split = data["split"]
+    assert (len(split.train), len(split.val), len(split.test)) == (3, 1, 1)
+    test_files = {s.path for s in split.test}
+    for part in ("train", "val"):
+        assert not {s.path for s in data[part]._sources} & test_files
+    # train and val named explicitly: the test part is the rest of data.path
+    config.data.train, config.data.val = split.train[0].path, split.val[0].path
+    rest = sorted(s.path for s in split.train[1:] + split.test)
+    assert [s.path for s in make_data(config, None)["split"].test] == rest
 
 
 def test_decay_mask_excludes_biases_norms_grn_and_position_embeddings():

@@ -122,7 +122,7 @@ VARIANTS = ("default", "toy", "smoke")
 # Per variant: (toy events, toy files, batch size, epochs, peak lr).
 SIZES = {
     "default": (20000, 4, 256, 60, 5e-4),
-    "toy": (3600, 5, 32, 7, 2e-3),
+    "toy": (20000, 20, 32, 4, 2e-3),
     "smoke": (320, 1, 16, 2, 2e-3),
 }
 
@@ -156,9 +156,19 @@ def experiment_config(
     c.data.toy_files = files
     c.data.toy_seed = 0
     c.data.toy_vertex = "point"  # point | slanted | flat (see xecjax.simulate)
-    c.data.train = ""  # explicit training files (override path + val_fraction when both set)
-    c.data.val = ""  # explicit validation files
-    c.data.val_fraction = 0.2  # fraction of the events held out for validation (by file range)
+    # Explicit files (file specs as for path). Set: used as they are; a missing train or val is
+    # the rest of path; a missing test is the rest of path when train and val are both set (else
+    # none); test alone: the rest of path split into train and val. Without path, set both train
+    # and val (a ValueError otherwise). They override val_fraction / test_fraction.
+    c.data.train = ""  # explicit training files
+    c.data.val = ""  # explicit validation files (choose `best`)
+    c.data.test = ""  # explicit test files (reported by xecjax.evaluate, never seen in training)
+    # Fractions held out (whole files when there are >= 3 files, >= 2 without test, else event
+    # ranges at the end of every file): validation chooses `best`; test (0 = none) is for the
+    # final evaluation only (xecjax.evaluate --split test, the default).
+    # toy: 20 files of 1000 events -> 16 train, 2 val, 2 test
+    c.data.val_fraction = 0.1 if variant == "toy" else 0.2
+    c.data.test_fraction = 0.1 if variant == "toy" else 0.2
     c.data.split_seed = 0
     c.data.batch_size = batch  # global batch (events), split over all devices and processes
     c.data.chunk_size = 1000  # events read from ROOT at a time
@@ -196,8 +206,12 @@ def experiment_config(
     # EMA of the parameters (validation, best, export); < 0 disables. Its averaging window,
     # 1 / (1 - decay) steps, must be short against the run: toy and smoke runs are short.
     c.optim.ema_decay = {"default": 0.999, "toy": 0.99, "smoke": 0.9}[variant]
-    c.optim.loss = "smooth_l1"  # smooth_l1 | l1 | mse | angular | gaussian_nll
+    # smooth_l1 | l1 | mse | angular | opening_angle | gaussian_nll | vmf (xecjax.losses)
+    c.optim.loss = "smooth_l1"
     c.optim.beta = 1.0  # smooth_l1 transition (degrees)
+    # model.output = "point": weight of the conversion-point loss (smooth_l1 in cm on the
+    # predicted u, v, w against xyzTruth; xecjax.losses.point_loss); 0 = angle loss only
+    c.optim.point_weight = 0.0
 
     c.train = ml_collections.ConfigDict()
     c.train.epochs = epochs  # length of the schedule

@@ -1,7 +1,7 @@
 """ROOT files -> normalised batches: the streaming Loader (shuffling, prefetch, weights).
 
 Its parts live beside it and are re-exported here: file discovery and checked reading in
-`xecjax.rootio`, the train/validation split in `xecjax.split`, sample reweighting in
+`xecjax.rootio`, the train/validation/test split in `xecjax.split`, sample reweighting in
 `xecjax.reweight`, the Normaliser in `xecjax.normalise`.
 
 Inputs follow DESIGN.md section 4 (tree `tree`, per-sensor float[4760] branches, per-event truth).

@@ -1,13 +1,18 @@
-"""Evaluation of a trained run on its validation events, next to the conventional baseline.
+"""Evaluation of a trained run on its held-out test events, next to the conventional baseline.
 
-  python -m xecjax.evaluate --workdir RUN [--data PATH] [--checkpoint best|last] [--no-ema]
-                            [--max-events N] [--out DIR] [--batch-size B] [--no-baseline]
+  python -m xecjax.evaluate --workdir RUN [--split test|val | --data PATH]
+                            [--checkpoint best|last] [--no-ema] [--max-events N] [--out DIR]
+                            [--batch-size B] [--no-baseline]
 
-Loads the model, its Normaliser and the validation split from the run's checkpoint (never the
-training files), streams the events batch by batch and writes into <workdir>/evaluation_<which>
-(`_raw` appended without EMA):
-  summary.json, summary.md          metrics of the model and of the baselines, model, data,
-                                    checkpoint, throughput
+Loads the model, its Normaliser and the data split from the run's checkpoint and evaluates the
+recorded test part (`--split test`, the default: events that played no part in training nor in
+choosing `best`, which is chosen on validation), the validation part (`--split val`) or the files
+given by --data (a warning names those the run trained or validated on). A run recorded without
+a test part (test_fraction 0, or trained before the test split existed) is refused before
+anything is written: use --split val or --data. The events are streamed batch by batch and the
+results written into <workdir>/evaluation_<which> (`_raw` appended without EMA):
+  summary.json, summary.md          metrics of the model and of the baselines, model, data
+                                    (with "split": test | val | files), checkpoint, throughput
   resolution_profile.pdf            68 % widths of d_theta, d_phi and the 68 % opening angle vs
                                     true theta and phi (20 bins), model and baselines
   scatter.pdf                       predicted vs true angles, residual distributions
@@ -17,7 +22,12 @@ training files), streams the events batch by batch and writes into <workdir>/eva
                                     grad [2, 4760, 2] and x [4760, 2] of one example event
   worst_events.pdf                  the events with the largest opening angle, all faces
   predictions_<run>.csv             true_theta, true_phi, pred_theta, pred_phi, run, event
-  validation_results_<run>.root     tree val_tree (DESIGN.md section 8)
+  validation_results_<run>.root     tree val_tree (DESIGN.md section 8); with a predicted
+                                    uncertainty also pred_sigma_theta, pred_sigma_phi (deg,
+                                    Gaussian) or pred_kappa (1/rad^2), pred_psi68 (deg, vMF)
+  calibration.pdf                   (models with an uncertainty) observed vs nominal coverage,
+                                    psi 68% in bins of the predicted uncertainty; summary.json
+                                    "uncertainty" (metrics.uncertainty_metrics)
 and logs them to the run's MLflow entry. Metrics: bias, RMS (standard deviation) and skewness of
 d_theta and of d_phi wrapped into [-180, 180), and the 50/68/90th percentiles of the opening
 angle (psi_68 = val_resolution_deg). The baselines (xecjax.baseline) are the point-source fit and
@@ -48,8 +58,14 @@ import numpy as np
 
 from xecjax import plots
 from xecjax.distributed import keep_freed_host_memory
-from xecjax.geometry import N_SENSORS
-from xecjax.metrics import evaluation_metrics, opening_angles, profiles_of
+from xecjax.geometry import N_SENSORS, vec_to_angles
+from xecjax.metrics import (
+    evaluation_metrics,
+    opening_angles,
+    profiles_of,
+    uncertainty_columns,
+    uncertainty_metrics,
+)
 from xecjax.rootio import TreeWriter
 
 CSV_COLUMNS = ("true_theta", "true_phi", "pred_theta", "pred_phi", "run", "event")
@@ -60,6 +76,9 @@ VAL_TREE_DTYPES = {
     "z_truth": np.float32, "x_vtx": np.float32, "y_vtx": np.float32, "z_vtx": np.float32,
 }  # fmt: skip
 BASELINES = ("baseline_fit", "baseline_centroid", "baseline_fit_vertex")
+# Not a method: the direction of the TRUE conversion point (xyzTruth) seen from the target
+# centre, i.e. the best any vertex-blind angle can do (0 with a point vertex at the centre).
+TRUTH_POINT = "truth_point_floor"
 
 
 # ----------------------------------------------------------------------------------------------
@@ -68,9 +87,10 @@ BASELINES = ("baseline_fit", "baseline_centroid", "baseline_fit_vertex")
 def val_tree_columns(pred, true, run, event, energy, xyz_truth, xyz_vtx) -> dict[str, np.ndarray]:
     """Columns of tree val_tree (DESIGN.md section 8) for one chunk of N events.
 
-    pred, true [N, >=2] (theta, phi) deg; run, event [N]; energy [N] GeV; xyz_truth, xyz_vtx
-    [N, 3] cm. Returns {branch: array [N]} in the order of VAL_TREE_DTYPES (run_id, event_id
-    int32, the rest float32); opening_angle in degrees.
+    pred [N, >=2] model output ((theta, phi) deg first), true [N, 2]; run, event [N]; energy
+    [N] GeV; xyz_truth, xyz_vtx [N, 3] cm. Returns {branch: array [N]} in the order of
+    VAL_TREE_DTYPES (run_id, event_id int32, the rest float32); opening_angle in degrees. A pred
+    with a predicted uncertainty (width 4 or 6) adds metrics.uncertainty_columns (float32).
     """
     pred, true = np.asarray(pred), np.asarray(true)
     xyz_truth, xyz_vtx = np.asarray(xyz_truth), np.asarray(xyz_vtx)
@@ -82,7 +102,9 @@ def val_tree_columns(pred, true, run, event, energy, xyz_truth, xyz_vtx) -> dict
         "z_truth": xyz_truth[:, 2], "x_vtx": xyz_vtx[:, 0], "y_vtx": xyz_vtx[:, 1],
         "z_vtx": xyz_vtx[:, 2],
     }  # fmt: skip
-    return {k: np.asarray(cols[k], dt) for k, dt in VAL_TREE_DTYPES.items()}
+    out = {k: np.asarray(cols[k], dt) for k, dt in VAL_TREE_DTYPES.items()}
+    out.update({k: np.asarray(v, np.float32) for k, v in uncertainty_columns(pred).items()})
+    return out
 
 
 @contextlib.contextmanager
@@ -116,19 +138,24 @@ def _write_text(path: Path, text: str) -> None:
 # Model-side pieces: prediction, saliency, worst events.
 # ----------------------------------------------------------------------------------------------
 def make_predict_and_saliency(apply_fn):
-    """Jitted predict(params, x) -> [B, 2] and saliency(params, x) -> ([B, 2], [B, 2, 4760, 2]).
+    """Jitted predict(params, x) -> [B, C] and saliency(params, x) -> ([B, C], [B, 2, 4760, 2]).
 
-    saliency returns the prediction and d output_o / d x_b (o = theta, phi) from one forward
-    pass and two vector-Jacobian products; exact per event because in evaluation mode events do
-    not interact. Each is compiled on first use only.
+    C is the model's output width (theta, phi first; xecjax.losses). saliency returns the whole
+    prediction and d output_o / d x_b (o = theta, phi only) from one forward pass and two
+    vector-Jacobian products; exact per event because in evaluation mode events do not
+    interact. Each is compiled on first use only.
     """
 
     def forward(params, x):
-        return apply_fn(params, x, train=False, rng=None)[:, :2]
+        return apply_fn(params, x, train=False, rng=None)
+
+    def angles_and_output(params, x):
+        y = forward(params, x)
+        return y[:, :2], y
 
     def saliency(params, x):
-        y, vjp = jax.vjp(lambda x_: forward(params, x_), x)
-        cotangents = jnp.stack([jnp.zeros_like(y).at[:, o].set(1.0) for o in range(2)])
+        y2, vjp, y = jax.vjp(lambda x_: angles_and_output(params, x_), x, has_aux=True)
+        cotangents = jnp.stack([jnp.zeros_like(y2).at[:, o].set(1.0) for o in range(2)])
         (grads,) = jax.vmap(vjp)(cotangents)  # one backward pass traced, batched over outputs
         return y, jnp.moveaxis(grads, 0, 1)
 
@@ -168,22 +195,44 @@ class WorstEvents:
 # ----------------------------------------------------------------------------------------------
 # The evaluation of one run.
 # ----------------------------------------------------------------------------------------------
-def validation_sources(meta: dict, data=None) -> list:
-    """The run's recorded validation split, or the files named by data (warns on overlap)."""
+SPLITS = ("test", "val")
+
+
+def evaluation_sources(meta: dict, data=None, split: str = "test", workdir="the run") -> list:
+    """The run's recorded `split` part ("test" | "val"), or the files named by data.
+
+    With data, warns when it includes files the run trained on or validated on (validation
+    chose `best`, so it is not an independent measurement either). A recorded split without
+    the asked part (test_fraction 0, or a run from before the test split) is a ValueError.
+    """
     from xecjax.data import Source, Split, discover_files, num_entries
 
-    split = Split.from_dict(meta["split"])
+    recorded = Split.from_dict(meta["split"])
     if data is None:
-        return split.val
+        if split not in SPLITS:
+            raise ValueError(f"split must be one of {'|'.join(SPLITS)}, got {split!r}")
+        sources = getattr(recorded, split)
+        if not sources:
+            raise ValueError(
+                f"the {split} split is not recorded in {workdir} (trained with "
+                "config.data.test_fraction = 0 or before the test split existed): evaluate its "
+                "validation part with --split val (split='val'; it chose `best`, so it is not an "
+                "independent measurement) or give held-out files with --data FILES"
+            )
+        return sources
     files = discover_files(data)
-    train = {os.path.realpath(s.path) for s in split.train}
-    overlap = sorted(f for f in files if os.path.realpath(f) in train)
-    if overlap:
-        warnings.warn(f"--data includes training files of this run: {overlap}", stacklevel=2)
+    for part in ("train", "val"):
+        seen = {os.path.realpath(s.path) for s in getattr(recorded, part)}
+        overlap = sorted(f for f in files if os.path.realpath(f) in seen)
+        if overlap:
+            what = "training" if part == "train" else "validation (chose `best`)"
+            warnings.warn(f"--data includes {what} files of this run: {overlap}", stacklevel=2)
     return [Source(f, 0, num_entries(f)) for f in files]
 
 
-def _baseline_angles(npho, vtx) -> dict[str, np.ndarray]:
+def baseline_angles(npho, vtx) -> dict[str, np.ndarray]:
+    """(theta, phi) [N, 2] deg of each conventional method (BASELINES) from raw npho [N, 4760]
+    and the event vertices [N, 3] cm (the fit from the vertex: baseline_fit_vertex)."""
     from xecjax import baseline
 
     fit = baseline.fit_point_source(npho)
@@ -213,12 +262,13 @@ def evaluate_run(
     n_saliency: int = 256,
     n_worst: int = 10,
     log_mlflow: bool = True,
+    split: str = "test",
 ) -> dict[str, Any]:
     """Evaluate a training run; writes the files listed in the module docstring.
 
     Args:
       workdir: the training run directory (checkpoints/, summary.json, MLflow store).
-      data: None (the run's validation split) or ROOT file(s)/directory/glob to evaluate.
+      data: None (the run's recorded `split`) or ROOT file(s)/directory/glob to evaluate.
       which, ema: the checkpoint ("best" | "last") and EMA or raw parameters.
       max_events: stop after this many events (None: all).
       out_dir: output directory (default <workdir>/evaluation_<which>[_raw]).
@@ -226,6 +276,9 @@ def evaluate_run(
       with_baseline: also run the conventional reconstruction on the same events.
       n_saliency: events used for the saliency maps; n_worst: events in worst_events.pdf.
       log_mlflow: log the files and headline metrics into the run's MLflow entry.
+      split: with data None, the recorded part to evaluate: "test" (held out from training and
+        from choosing `best`) or "val"; a ValueError, before anything is written, when the run
+        has no such part recorded.
     Returns:
       the summary dict (also summary.json).
     """
@@ -237,9 +290,9 @@ def evaluate_run(
         raise ValueError(f"max_events must be >= 1 (or None for all), got {max_events}")
     t0 = time.time()
     step, meta = read_meta(workdir, which)
+    sources = evaluation_sources(meta, data, split, workdir)  # before anything is written
     model_cfg, normaliser, params, apply_fn = load_for_inference(workdir, which, ema)
     cfg = meta["config"]
-    sources = validation_sources(meta, data)
     loader = Loader(
         sources,
         normaliser,
@@ -264,7 +317,8 @@ def evaluate_run(
         "md": out / "summary.md",
     }
     predict, saliency_fn = make_predict_and_saliency(apply_fn)
-    acc: dict[str, list] = {k: [] for k in ("pred", "true", *(BASELINES * with_baseline))}
+    references = (*BASELINES, TRUTH_POINT) if with_baseline else ()
+    acc: dict[str, list] = {k: [] for k in ("pred", "output", "true", *references)}
     sal_sum, n_sal, example = np.zeros((2, N_SENSORS, 2)), 0, {}
     worst = WorstEvents(n_worst)
     timing = {"model": [], "baseline": []}  # per batch (events, seconds)
@@ -287,23 +341,28 @@ def evaluate_run(
             else:
                 pred = np.asarray(predict(params, batch["x"]))
                 timing["model"].append((n_ok, time.time() - t))
-            pred = pred[ok].astype(np.float32)
+            output = pred[ok].astype(np.float32)  # [n, C]: theta, phi (+ uncertainty columns)
+            pred = output[:, :2]
             true, ids = b["angles"], (b["run"], b["event"])
-            tree.extend(val_tree_columns(pred, true, *ids, b["energy"], b["xyzTruth"], b["xyzVTX"]))
+            tree.extend(
+                val_tree_columns(output, true, *ids, b["energy"], b["xyzTruth"], b["xyzVTX"])
+            )
             rows.writerows(zip(*(np.round(a, 5) for a in (*true.T, *pred.T)), *ids, strict=True))
             acc["pred"].append(pred)
+            acc["output"].append(output)
             acc["true"].append(true)
             if with_baseline:  # on the whole padded batch: one jitted shape
                 t = time.time()
-                for k, v in _baseline_angles(batch["npho"], batch["xyzVTX"]).items():
+                for k, v in baseline_angles(batch["npho"], batch["xyzVTX"]).items():
                     acc[k].append(v[ok])
                 timing["baseline"].append((n_ok, time.time() - t))
+                acc[TRUTH_POINT].append(vec_to_angles(b["xyzTruth"].astype(np.float64)))
             worst.offer(opening_angles(pred, true), batch["x"][ok], true, pred, *ids)
             n_done += n_ok
     if n_done == 0:
-        raise ValueError(f"no validation events in {[s.path for s in sources]}")
+        raise ValueError(f"no events to evaluate in {[s.path for s in sources]}")
     res = {k: np.concatenate(v) for k, v in acc.items()}
-    methods = {"model": res["pred"], **{k: res[k] for k in BASELINES if k in res}}
+    methods = {"model": res["pred"], **{k: res[k] for k in references}}
     metrics = {m: evaluation_metrics(p, res["true"]) for m, p in methods.items()}
     plots.plot_resolution_profiles(
         {m: profiles_of(p, res["true"]) for m, p in methods.items()}, files["profile"]
@@ -315,6 +374,9 @@ def evaluate_run(
     sentinels = (normaliser.sentinel_npho, normaliser.sentinel_time)
     plots.plot_worst_events(worst.events(), files["worst"], sentinels)
     per_face = plots.face_means(np.moveaxis(saliency, -1, 1))  # [2 out, 2 chan, 6 faces]
+    uncertainty = uncertainty_metrics(res["output"], res["true"])  # None: no uncertainty
+    if uncertainty is not None:
+        files["calibration"] = plots.plot_calibration(uncertainty, out / "calibration.pdf")
     summary = {
         "run": run,
         "workdir": str(workdir.resolve()),
@@ -323,12 +385,14 @@ def evaluate_run(
         "checkpoint": {"which": which, "ema": ema, "step": int(step)},
         "data": {
             "sources": [f"{s.path}[{s.start}:{s.stop}]" for s in sources],
+            "split": split if data is None else "files",  # test | val | files (--data)
             "recorded_split": data is None,
             "n_events": n_done,
             "fiducial": bool(cfg["data"].get("fiducial", False)),
         },
         "val_resolution_deg": metrics["model"]["val_resolution_deg"],
         "metrics": metrics,
+        **({"uncertainty": uncertainty} if uncertainty is not None else {}),
         "saliency_per_face": {
             f"{o}/{c}": dict(zip(plots.FACE_NAMES, per_face[i, j].round(8).tolist(), strict=True))
             for i, o in enumerate(("theta", "phi"))
@@ -369,7 +433,9 @@ def log_to_mlflow(workdir: Path, meta: dict, summary: dict, paths: list[Path]) -
             run_id=run_id,
             tensorboard=False,
         )
-        model = summary["metrics"]["model"]
+        model = dict(summary["metrics"]["model"])
+        unc = summary.get("uncertainty") or {}
+        model.update({k: unc[k] for k in ("coverage_68", "coverage_90") if k in unc})
         tracker.log_metrics(
             {f"eval/{k}": v for k, v in model.items()}, summary["checkpoint"]["step"]
         )
@@ -390,7 +456,13 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("--workdir", required=True, help="training run directory")
     p.add_argument(
-        "--data", default=None, help="ROOT file(s)/dir/glob (default: the run's val split)"
+        "--split",
+        choices=SPLITS,
+        default="test",
+        help="the run's recorded part to evaluate (default test; val chose `best`)",
+    )
+    p.add_argument(
+        "--data", default=None, help="ROOT file(s)/dir/glob instead of the recorded --split"
     )
     p.add_argument("--checkpoint", choices=("best", "last"), default="best")
     p.add_argument("--no-ema", action="store_true", help="raw instead of EMA parameters")
@@ -415,6 +487,7 @@ def main(argv: list[str] | None = None) -> int:
             n_saliency=a.saliency_events,
             n_worst=a.worst,
             log_mlflow=not a.no_mlflow,
+            split=a.split,
         )
     except (FileNotFoundError, ValueError) as e:
         print(f"xecjax.evaluate: error: {e}", file=sys.stderr)

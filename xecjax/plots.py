@@ -185,6 +185,47 @@ def plot_scatter(
 # ----------------------------------------------------------------------------------------------
 # Saliency and event displays.
 # ----------------------------------------------------------------------------------------------
+def plot_calibration(unc: Mapping[str, Any], path) -> Path:
+    """Calibration of a predicted uncertainty (metrics.uncertainty_metrics output) -> PDF.
+
+    Left: observed vs nominal coverage of the predicted regions, with the diagonal of a
+    calibrated uncertainty. Right: the observed 68 % opening angle vs the predicted one, in
+    quantile bins of the predicted psi68, with the diagonal.
+    """
+    cal, res = unc["calibration"], unc["resolution_vs_uncertainty"]
+    with atomic_pdf(path) as pdf:
+        fig, (ax0, ax1) = plt.subplots(1, 2, figsize=(10, 4.4))
+        ax0.plot([0, 1], [0, 1], "k:", lw=1, label="calibrated")
+        ax0.plot(cal["nominal"], cal["observed"], "o-", ms=3, label=f"model ({unc['kind']})")
+        for q in (0.68, 0.90):
+            ax0.axvline(q, color="grey", lw=0.5, alpha=0.5)
+        ax0.set(xlabel="nominal coverage", ylabel="observed coverage", xlim=(0, 1), ylim=(0, 1))
+        ax0.set_title(
+            f"coverage 68%: {unc['coverage_68']:.3f}, 90%: {unc['coverage_90']:.3f} "
+            f"({unc['n_events']} events)",
+            fontsize=9,
+        )
+        pred_w, obs = np.asarray(res["predicted_psi68"]), np.asarray(res["psi68"])
+        ok = np.isfinite(pred_w) & np.isfinite(obs) & (pred_w > 0) & (obs > 0)
+        if ok.any():
+            lo = min(pred_w[ok].min(), obs[ok].min())
+            hi = max(pred_w[ok].max(), obs[ok].max())
+            ax1.plot([lo, hi], [lo, hi], "k:", lw=1, label="predicted = observed")
+            ax1.plot(pred_w[ok], obs[ok], "o-", ms=4, label="model")
+            if hi > 10 * lo:
+                ax1.set(xscale="log", yscale="log")
+        ax1.set(
+            xlabel="predicted psi 68% (deg, bin median)",
+            ylabel="observed psi 68% (deg)",
+            title="resolution in bins of the predicted uncertainty",
+        )
+        for ax in (ax0, ax1):
+            ax.grid(alpha=0.3)
+            ax.legend(fontsize=7)
+        _save(fig, pdf)
+    return Path(path)
+
+
 def face_means(values: np.ndarray) -> np.ndarray:
     """Mean over the sensors of each face: [..., 4760] -> [..., 6] (FACE_NAMES order)."""
     return np.stack([values[..., FACE_OF == f].mean(-1) for f in range(len(FACE_NAMES))], -1)
@@ -257,14 +298,21 @@ def plot_worst_events(
 def summary_markdown(summary: dict[str, Any]) -> str:
     """A short human-readable report of an evaluation summary."""
     ck, d = summary["checkpoint"], summary["data"]
+    # "split": test | val | files (older summaries: recorded_split, i.e. validation or files)
+    split = d.get("split") or ("val" if d.get("recorded_split") else "files")
+    what = {
+        "test": "the run’s test split (held out from training and from choosing `best`)",
+        "val": "the run’s validation split (it chose `best`: not an independent measurement)",
+        "files": "given files",
+    }[split]
     lines = [
-        f"# Evaluation of {summary['run']}",
+        f"# Evaluation of {summary['run']} on the {split} split"
+        if split != "files"
+        else f"# Evaluation of {summary['run']} on given files",
         "",
         f"- model: {summary['model']} ({summary['variant']}), checkpoint `{ck['which']}` step "
         f"{ck['step']}, {'EMA' if ck['ema'] else 'raw'} parameters",
-        f"- data: {d['n_events']} events, "
-        f"{'the run’s validation split' if d['recorded_split'] else 'given files'}: "
-        + ", ".join(d["sources"]),
+        f"- data: {d['n_events']} events, {what}: " + ", ".join(d["sources"]),
         f"- 68% opening angle: **{summary['val_resolution_deg']:.3f} deg**",
         "",
         "| method | psi 50% | psi 68% | psi 90% | theta bias | theta rms | phi bias | phi rms |",
@@ -279,6 +327,21 @@ def summary_markdown(summary: dict[str, Any]) -> str:
         "target centre; `baseline_fit_vertex` from the event vertex (xyzVTX).",
         "",
     ]
+    unc = summary.get("uncertainty")
+    if unc:
+        lines.append(
+            f"Predicted uncertainty ({unc['kind']}): coverage of the 68% / 90% regions "
+            f"**{unc['coverage_68']:.3f}** / **{unc['coverage_90']:.3f}**, median predicted "
+            f"psi 68% {unc['predicted_psi68_median']:.3f} deg"
+            + (
+                ", pulls theta {theta_mean:.3f} +- {theta_std:.3f}, "
+                "phi {phi_mean:.3f} +- {phi_std:.3f} (mean +- std)".format(**unc["pulls"])
+                if "pulls" in unc
+                else f", median kappa {unc['kappa_median']:.4g} / rad^2"
+            )
+            + " (calibration.pdf)."
+        )
+        lines.append("")
     rates = [f"{k} {v:.0f}" for k, v in summary["events_per_s"].items() if v is not None]
     lines.append("Throughput (events/s, after the first batch): " + ", ".join(rates))
     return "\n".join(lines) + "\n"

@@ -82,7 +82,10 @@ def toy_data_files(cfg: ml_collections.ConfigDict) -> list[str]:
 def make_data(config: ml_collections.ConfigDict, meta: dict[str, Any] | None) -> dict[str, Any]:
     """Split, normaliser, reweighter and the per-process train/val loaders.
 
-    On resume (meta given) split, normaliser and reweighter come from the checkpoint.
+    On resume (meta given) split, normaliser and reweighter come from the checkpoint. The test
+    part of the split is recorded but never read here: `best` is chosen on validation only.
+    Explicit config.data.train / val / test without config.data.path must name both train and
+    val (a ValueError otherwise, rather than taking the missing part from the toy data set).
     """
     from xecjax.data import Loader, Normaliser, Reweighter, Split, discover_files, make_split
 
@@ -92,11 +95,18 @@ def make_data(config: ml_collections.ConfigDict, meta: dict[str, Any] | None) ->
         normaliser = Normaliser.from_dict(meta["normaliser"])
         reweighter = Reweighter.from_dict(meta["reweighter"]) if meta["reweighter"] else None
     else:
-        files = []
-        if not (d.train and d.val):
-            files = discover_files(d.path) if d.path else toy_data_files(d)
+        explicit = {k: d[k] for k in ("train", "val", "test") if d[k]}
+        if explicit and not d.path and not (d.train and d.val):
+            # the missing side would otherwise silently become the generated toy data set
+            raise ValueError(
+                f"config.data.{' and config.data.'.join(explicit)} set without config.data.path:"
+                " set both config.data.train and config.data.val (config.data.test optional),"
+                " or config.data.path (the files the missing parts are taken from)"
+            )
+        files = discover_files(d.path) if d.path else ([] if explicit else toy_data_files(d))
         split = make_split(files, val_fraction=d.val_fraction, seed=d.split_seed,
-                           train=d.train or None, val=d.val or None)  # fmt: skip
+                           train=d.train or None, val=d.val or None,
+                           test_fraction=d.test_fraction, test=d.test or None)  # fmt: skip
         normaliser = make_normaliser(config.norm)
         reweighter = None
         if d.reweight != "none":
@@ -137,6 +147,34 @@ def make_data(config: ml_collections.ConfigDict, meta: dict[str, Any] | None) ->
         **common,
     )
     return dict(split=split, normaliser=normaliser, reweighter=reweighter, train=train, val=val)
+
+
+def baseline_reference(
+    data: dict[str, Any], batch_size: int, fiducial: bool = False
+) -> dict[str, float]:
+    """psi 68 % (deg) of the conventional reconstructions on the validation events, computed
+    once per run: the reference line of every validation resolution curve.
+
+    Keys baseline_fit_resolution_deg, baseline_centroid_resolution_deg,
+    baseline_fit_vertex_resolution_deg (xecjax.evaluate.BASELINES, xecjax.baseline).
+    """
+    from xecjax.data import Loader
+    from xecjax.evaluate import BASELINES, baseline_angles
+    from xecjax.metrics import angle_metrics
+
+    loader = Loader(data["split"].val, data["normaliser"], batch_size, shuffle=False,
+                    drop_remainder=False, fiducial=fiducial, extra_branches=("npho",))  # fmt: skip
+    angles: dict[str, list] = {k: [] for k in (*BASELINES, "true")}
+    for batch in loader.epoch(0):
+        ok = batch["valid"].astype(bool)
+        for k, v in baseline_angles(batch["npho"], batch["xyzVTX"]).items():
+            angles[k].append(v[ok])
+        angles["true"].append(batch["angles"][ok])
+    true = np.concatenate(angles.pop("true"))
+    return {
+        f"{k}_resolution_deg": angle_metrics(np.concatenate(v), true)["val_resolution_deg"]
+        for k, v in angles.items()
+    }
 
 
 def make_normaliser(norm_cfg: ml_collections.ConfigDict):
@@ -249,7 +287,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
         donate_argnums=(0,),
     )
     eval_step = jax.jit(
-        make_eval_step(apply_fn, loss_fn, config.train.bf16),
+        make_eval_step(apply_fn, loss_fn, config.train.bf16, config.optim.point_weight),
         in_shardings=(state_sharding["ema"], batch_sharding),
         out_shardings=(batch_sharding, batch_sharding),
     )
@@ -289,6 +327,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
             flush=True,
         )
         tracker.log_metrics({"n_params": n_params, "steps_per_epoch": steps_per_epoch}, 0)
+    # the conventional reconstruction on the same validation events, once per run (process 0)
+    baselines = {}
+    if is_main:
+        baselines = baseline_reference(data, config.data.batch_size, config.data.fiducial)
+    if baselines:
+        print("validation baselines (psi 68 %): " + ", ".join(
+            f"{k.removesuffix('_resolution_deg')} {v:.3f} deg" for k, v in baselines.items()
+        ), flush=True)  # fmt: skip
 
     # --- loop ----------------------------------------------------------------------------------
     status, preempted, stop_epoch = "FINISHED", False, config.train.epochs
@@ -371,6 +417,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
                 row.update(system_metrics())
                 history.append(row)
                 tracker.log_metrics({k: v for k, v in row.items() if k != "epoch"}, epoch)
+                if "val_resolution_deg" in row:  # a flat reference line beside every point
+                    tracker.log_metrics(baselines, epoch)
                 if row.get("val_resolution_deg", np.inf) < best["val_resolution_deg"]:
                     best = {k: row[k] for k in ("epoch", "val_resolution_deg", "val_loss")}
                     save("best", epoch + 1, 0)
@@ -395,6 +443,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
             time.time() - t_start,
             n_params,
         )
+        summary["baselines"] = baselines
         if is_main:
             _write_json(workdir / "summary.json", summary)
             _write_json(workdir / "config.json", config.to_dict())
