@@ -486,3 +486,36 @@ def test_zlib_baskets_are_inflated_with_libdeflate(tmp_path, monkeypatch):
             rootio.read_arrays(t, ["npho"], 0, 40)
     finally:
         t.file.close()
+
+
+def test_tree_writer_leaves_nothing_when_close_fails(tmp_path):
+    """A failing close (e.g. disk full while the header is written) must not rename the
+    half-written temporary file into place."""
+    from xecjax.rootio import TreeWriter
+
+    path = tmp_path / "out.root"
+    with pytest.raises(OSError, match="disk full"):
+        with TreeWriter(path, "tree") as w:
+            w.extend({"a": np.arange(10, dtype=np.float32)})
+            real_close = w._file.close
+
+            def failing_close():
+                real_close()
+                raise OSError("disk full")
+
+            w._file.close = failing_close
+    assert not path.exists()
+    assert not list(tmp_path.iterdir())
+
+
+def test_discover_files_accepts_a_comma_separated_list(tmp_path):
+    from xecjax.rootio import discover_files
+
+    for name in ("a.root", "b.root", "c,d.root"):
+        (tmp_path / name).touch()
+    a, b, cd = (str(tmp_path / n) for n in ("a.root", "b.root", "c,d.root"))
+    assert discover_files(f"{a}, {b}") == [a, b]
+    assert discover_files(f"{tmp_path}/b.root,{tmp_path}/a.root") == [b, a]
+    assert discover_files(cd) == [cd]  # an existing name is never split
+    with pytest.raises(FileNotFoundError, match="nothere"):
+        discover_files(f"{a},{tmp_path}/nothere.root")

@@ -76,7 +76,11 @@ class DataError(ValueError):
 
 def discover_files(spec: str | os.PathLike | Sequence[str | os.PathLike]) -> list[str]:
     """Absolute paths of the ROOT files named by a file, a directory (its *.root), a glob
-    (`**` recursive) or a list of these; sorted per entry, duplicates removed."""
+    (`**` recursive), a comma-separated list of these in one string (as config.data.path
+    accepts; a name that exists as it is is never split) or a list; sorted per entry,
+    duplicates removed."""
+    if isinstance(spec, str) and "," in spec and not os.path.exists(os.path.expanduser(spec)):
+        spec = [s.strip() for s in spec.split(",") if s.strip()]
     specs = [spec] if isinstance(spec, (str, os.PathLike)) else list(spec)
     if not specs:
         raise FileNotFoundError("no input files given (empty list)")
@@ -281,13 +285,17 @@ class TreeWriter:
         self.entries += n
 
     def __exit__(self, exc_type, exc, tb) -> None:
+        # renamed into place only after a successful close (which writes the ROOT header):
+        # a failed block or a failed close (disk full) leaves no file behind
         try:
             self._file.close()
-        finally:
-            if exc_type is None:
-                os.replace(self._tmp, self.path)
-            else:
-                self._tmp.unlink(missing_ok=True)
+        except BaseException:
+            self._tmp.unlink(missing_ok=True)
+            raise
+        if exc_type is None:
+            os.replace(self._tmp, self.path)
+        else:
+            self._tmp.unlink(missing_ok=True)
 
 
 def write_tree(
