@@ -244,3 +244,14 @@ def test_saliency_has_the_input_shape_and_sees_the_light(evaluated):
     assert lit.sum() >= 5
     assert (np.abs(sal["grad"][:, lit, 0]).sum(-1) > 0).all()
     assert (sal["mean_abs"][:, :, 0].sum(-1) > 0).all()
+
+
+def test_no_events_writes_nothing(evaluated, tmp_path):
+    """Evaluating an empty file raises, and leaves neither an empty ROOT file nor a header-only
+    CSV behind (the writers' temporary files are removed, not renamed)."""
+    empty = tmp_path / "empty.root"
+    empty.touch()  # a 0-byte file: the loader skips it with a warning
+    out = tmp_path / "out"
+    with pytest.warns(UserWarning), pytest.raises(ValueError, match="no events to evaluate"):
+        evaluate.evaluate_run(evaluated["workdir"], data=str(empty), out_dir=out, log_mlflow=False)
+    assert not [p.name for p in out.iterdir()]

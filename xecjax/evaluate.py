@@ -359,8 +359,8 @@ def evaluate_run(
                 acc[TRUTH_POINT].append(vec_to_angles(b["xyzTruth"].astype(np.float64)))
             worst.offer(opening_angles(pred, true), batch["x"][ok], true, pred, *ids)
             n_done += n_ok
-    if n_done == 0:
-        raise ValueError(f"no events to evaluate in {[s.path for s in sources]}")
+        if n_done == 0:  # inside the writers: their temporary files are removed, not renamed
+            raise ValueError(f"no events to evaluate in {[s.path for s in sources]}")
     res = {k: np.concatenate(v) for k, v in acc.items()}
     methods = {"model": res["pred"], **{k: res[k] for k in references}}
     metrics = {m: evaluation_metrics(p, res["true"]) for m, p in methods.items()}
