@@ -167,3 +167,47 @@ def test_uvw_round_trip_and_fiducial():
     np.testing.assert_allclose(g.uvw_to_xyz(uvw), xyz, atol=1e-9)
     assert g.in_fiducial(np.array([0.0, 0.0, 1.0])) and not g.in_fiducial(np.array([30.0, 0, 1]))
     assert np.allclose(g.wrap_deg(np.array([359.0, -181.0, 10.0])), [-1.0, 179.0, 10.0])
+
+
+def _xyz(r: float, phi_deg: float, z: float) -> np.ndarray:
+    """DESIGN.md section 3 coordinates written out: x = -r cos phi_d, y = r sin phi_d."""
+    p = np.deg2rad(phi_deg)
+    return np.array([-r * np.cos(p), r * np.sin(p), z])
+
+
+# (sensor id, (r, phi_d deg, z) cm) worked out by hand from the construction constants of
+# DESIGN.md section 3 - independent of the geometry module and of the (unshipped) position table.
+HAND_DERIVED = [
+    # inner: id = 44 i_phi + i_z; r 64.97, phi_d = 62.76 - (i_phi + 1/2) 125.52/93,
+    # z = (i_z - 21.5) 1.509772
+    (0, (64.97, 62.76 - 0.5 * 125.52 / 93, -21.5 * 1.509772)),
+    (44 * 46 + 21, (64.97, 62.76 - 46.5 * 125.52 / 93, -0.5 * 1.509772)),
+    (4091, (64.97, 62.76 - 92.5 * 125.52 / 93, 21.5 * 1.509772)),
+    # outer coarse: id = 4092 + 9 j + k; r 106.27, phi_d = 62.76 - (j + 1/2) 5.23,
+    # z = (k - 4) 10.356
+    (4092, (106.27, 62.76 - 0.5 * 5.23, -4 * 10.356)),
+    (4092 + 9 * 23 + 8, (106.27, 62.76 - 23.5 * 5.23, 4 * 10.356)),
+    # US: id = 4308 + 6 j + k; r = 69.53 + 6.684 k, z = -(33.515 + (r - 64.84) 0.34963)
+    (
+        4308 + 6 * 5 + 3,
+        (69.53 + 3 * 6.684, 62.76 - 5.5 * 5.23, -(33.515 + (69.53 + 3 * 6.684 - 64.84) * 0.34963)),
+    ),
+    # DS: id = 4452 + 6 j + k, z = +(...)
+    (4452 + 6 * 20, (69.53, 62.76 - 20.5 * 5.23, 33.515 + (69.53 - 64.84) * 0.34963)),
+    # top: plane phi_d = +62.76, row 0 (11 sensors): r 68.27, z = (i - 5) 6.12
+    (4596 + 3, (68.27, 62.76, (3 - 5) * 6.12)),
+    # bottom: plane phi_d = -62.76, last row (5, 14 sensors): r = 68.27 + 5 6.91,
+    # z = (i - 6.5) 6.12; it starts after 11 + 12 + 11 + 12 + 13 = 59 sensors
+    (4669 + 59 + 13, (68.27 + 5 * 6.91, -62.76, 6.5 * 6.12)),
+    # outer centre patch: id 4745 is row m = 1, column l = 1: phi_d = (2.5 - 1) 3.48667,
+    # z = (1 - 2) 6.2, r 106.27
+    (4745, (106.27, 1.5 * 3.48667, -6.2)),
+    (4759, (106.27, -2.5 * 3.48667, 1 * 6.2)),
+]
+
+
+@pytest.mark.parametrize("sensor, cyl", HAND_DERIVED)
+def test_positions_from_the_construction_constants(sensor, cyl):
+    """Runs everywhere (the reference-table check skips without the table): a few sensors of
+    every face against positions derived by hand from the construction constants."""
+    np.testing.assert_allclose(g.POSITIONS[sensor], _xyz(*cyl), atol=1e-6)
