@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import ctypes
 import hashlib
+import importlib.util
 import os
 import signal
 import sys
@@ -22,6 +23,19 @@ from jax.sharding import NamedSharding
 
 _DISTRIBUTED = False
 _M_TRIM_THRESHOLD, _M_MMAP_MAX, _M_ARENA_MAX = -1, -4, -8  # glibc mallopt parameters (malloc.h)
+
+
+# JAX's accelerator plugins (pip packages); any of them importable: a GPU/TPU may be the default
+ACCELERATOR_PLUGINS = ("jax_cuda12_plugin", "jax_cuda13_plugin", "jax_rocm7_plugin", "libtpu")
+
+
+def cpu_default_backend() -> bool:
+    """Whether JAX's default backend will be the CPU, decided before JAX starts a backend:
+    JAX_PLATFORMS when set (its first entry), else no accelerator plugin installed."""
+    platforms = os.environ.get("JAX_PLATFORMS", "").strip().lower()
+    if platforms:
+        return platforms.split(",")[0].strip() == "cpu"
+    return not any(importlib.util.find_spec(name) for name in ACCELERATOR_PLUGINS)
 
 
 def keep_freed_host_memory() -> bool:
@@ -39,8 +53,12 @@ def keep_freed_host_memory() -> bool:
     entry points (train, evaluate, the tools, the bench) call this first, before JAX starts its
     CPU client: threads created later share the one arena.
     XECJAX_SYSTEM_MALLOC=1 leaves malloc as it is; not glibc (macOS, musl): nothing is done.
+    Only where the default backend will be the CPU (cpu_default_backend): it was measured on
+    CPU jobs only, and GPU jobs (many-core nodes, pinned host buffers) keep the system malloc.
     """
     if os.environ.get("XECJAX_SYSTEM_MALLOC", "0") not in ("", "0") or sys.platform != "linux":
+        return False
+    if not cpu_default_backend():
         return False
     try:
         mallopt = ctypes.CDLL(None).mallopt
