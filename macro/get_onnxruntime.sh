@@ -25,7 +25,7 @@ PY="${PYTHON:-python}"
 die() { echo "get_onnxruntime.sh: $*" >&2; exit 1; }
 
 lib=$("$PY" -c 'import glob, onnxruntime, os; d = os.path.join(os.path.dirname(onnxruntime.__file__), "capi"); print(*sorted(glob.glob(os.path.join(d, "libonnxruntime.so.*"))), sep="\n")' 2>/dev/null | head -n 1) \
-  || die "'$PY' cannot import onnxruntime: install the project first (pip install -e '.[test]')"
+  || die "'$PY' cannot import onnxruntime: install the project first (pip install -e '.[cpu,test]')"
 [ -n "$lib" ] || die "no libonnxruntime.so.* inside the onnxruntime wheel of '$PY'"
 lib_version="${lib##*libonnxruntime.so.}"        # e.g. 1.32.0
 lib_minor=$(echo "$lib_version" | cut -d. -f2)

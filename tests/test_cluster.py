@@ -2,6 +2,7 @@
 
 import os
 import platform
+import re
 import shutil
 import subprocess
 import sys
@@ -104,6 +105,13 @@ def test_submit_dry_run_per_gpu():
         (["bad/name", "configs/convnext.py"], "may contain only"),
         (["--gpus", "0", "r", "configs/convnext.py"], "positive integer"),
         (["--frobnicate", "r", "configs/convnext.py"], "unknown option '--frobnicate'"),
+        # values written into #SBATCH lines are checked (no injected lines or options)
+        (["--partition", "gpu\n#SBATCH --x", "r", "configs/convnext.py"], "--partition"),
+        (["--partition", "gpu --qos=high", "r", "configs/convnext.py"], "--partition"),
+        (["--time", "1 day", "r", "configs/convnext.py"], "--time"),
+        (["--account", "a;b", "r", "configs/convnext.py"], "--account"),
+        (["--mem", "64GB", "r", "configs/convnext.py"], "--mem"),
+        (["--cpus", "x", "r", "configs/convnext.py"], "positive integer"),
     ],
 )
 def test_submit_bad_input(args, message):
@@ -139,6 +147,10 @@ def test_start_jupyter_dry_run():
     assert "#SBATCH --partition=gpu" in res.stdout and "ssh -N -L 8888:" in res.stdout
     bad = _run(TOOLS / "start_jupyter.sh", "--dry-run", "gpu", "02:00:00", "80")
     assert bad.returncode == 2 and "PORT" in bad.stderr
+    bad = _run(TOOLS / "start_jupyter.sh", "--dry-run", "gpu\n#SBATCH --x", "02:00:00", "8888")
+    assert bad.returncode == 2 and "PARTITION" in bad.stderr
+    bad = _run(TOOLS / "start_jupyter.sh", "--dry-run", "gpu", "2 hours", "8888")
+    assert bad.returncode == 2 and "TIME" in bad.stderr
 
 
 def test_scan_summary_reads_mlflow(tmp_path):
@@ -164,3 +176,20 @@ def test_scan_summary_reads_mlflow(tmp_path):
     assert rows[1]["val_resolution_deg"] == 2.0
     missing = _run(sys.executable, TOOLS / "scan_summary.py", "nope", "--tracking-uri", uri)
     assert missing.returncode == 1 and "no runs" in missing.stderr
+
+
+def test_gpu_install_never_brings_both_onnxruntime_packages():
+    """pip install -e '.[cuda12]' must not install onnxruntime next to onnxruntime-gpu (they
+    overwrite each other's files): the CPU package comes only from the `cpu` extra."""
+    tomllib = pytest.importorskip("tomllib")
+    project = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]
+
+    def names(reqs):
+        return {re.split(r"[<>=!\[; ]", r, maxsplit=1)[0].strip().lower() for r in reqs}
+
+    base, extras = names(project["dependencies"]), project["optional-dependencies"]
+    gpu = base | names(extras["cuda12"])
+    assert "onnxruntime-gpu" in gpu and "onnxruntime" not in gpu
+    assert "onnxruntime" in base | names(extras["cpu"])
+    readme = (ROOT / "README.md").read_text()
+    assert "pip install -e '.[cpu]'" in readme and "pip install -e '.[cpu,test]'" in readme

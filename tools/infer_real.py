@@ -64,7 +64,9 @@ def load_session(path: str | os.PathLike, device: str = "cpu", threads: int | No
     device 'cuda' uses the CUDA provider with CPU fallback (a warning when CUDA is unavailable).
     threads: intra-op threads of the CPU provider (default: the CPUs this process may use).
     """
-    import onnxruntime as ort
+    from xecjax.export import import_onnxruntime
+
+    ort = import_onnxruntime()
 
     path = Path(path)
     if not path.is_file():

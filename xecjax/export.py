@@ -316,6 +316,20 @@ def parity_inputs(normaliser: Normaliser, raw_input: bool, n: int = 256, seed: i
     return {"toy": np.asarray(toy, np.float32), "random": rand.astype(np.float32)}
 
 
+def import_onnxruntime():
+    """The onnxruntime module, or an ExportError saying which extra installs it (the package is
+    `onnxruntime` on CPU, `onnxruntime-gpu` on GPU nodes: never both, they overwrite each
+    other's files)."""
+    try:
+        import onnxruntime
+    except ImportError as e:
+        raise ExportError(
+            "onnxruntime is not installed: pip install -e '.[cpu]' (CPU) or -e '.[cuda12]' "
+            "(GPU nodes, onnxruntime-gpu)"
+        ) from e
+    return onnxruntime
+
+
 def parity_check(
     model: onnx.ModelProto | str | os.PathLike,
     fn: Callable[[jax.Array], jax.Array],
@@ -327,7 +341,7 @@ def parity_check(
     onnxruntime runs each batch size (the dynamic batch is what is tested); JAX runs each input
     once at its full size and is sliced, which saves a compilation per batch size.
     """
-    import onnxruntime as ort
+    ort = import_onnxruntime()
 
     source = model.SerializeToString() if isinstance(model, onnx.ModelProto) else str(model)
     session = ort.InferenceSession(source, providers=["CPUExecutionProvider"])
