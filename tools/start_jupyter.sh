@@ -6,7 +6,8 @@
 # Submits a one-GPU job running `jupyter lab --no-browser --port PORT` in the node's xecjax
 # environment (as tools/submit_job.sh picks it), waits until it runs, and prints
 #   ssh -N -L PORT:NODE:PORT USER@LOGIN_HOST
-# to run on your laptop; the token is in runs/jupyter/jupyter-JOBID.out. Cancel with scancel.
+# to run on your laptop; the token is in runs/jupyter/jupyter-JOBID.out (runs/jupyter is made
+# readable by you only). Cancel with scancel.
 set -euo pipefail
 
 dry_run=0
@@ -30,7 +31,21 @@ if [[ ! "$port" =~ ^[0-9]+$ ]] || ((port < 1024 || port > 65535)); then
   echo "start_jupyter.sh: PORT must be a number in 1024..65535, got '$port'" >&2
   exit 2
 fi
+if [[ ! "$partition" =~ ^[A-Za-z0-9_.,-]+$ ]]; then
+  echo "start_jupyter.sh: PARTITION '$partition': letters, digits, '_', '.', ',', '-' only" >&2
+  exit 2
+fi
+if [[ ! "$time_limit" =~ ^([0-9]+-)?[0-9]+(:[0-9]+){0,2}$ ]]; then
+  echo "start_jupyter.sh: TIME '$time_limit': expected MM, HH:MM:SS or D-HH[:MM[:SS]]" >&2
+  exit 2
+fi
+if [[ ! "$gpus" =~ ^[1-9][0-9]*$ ]]; then
+  echo "start_jupyter.sh: --gpus needs a positive integer, got '$gpus'" >&2
+  exit 2
+fi
 repo="$(cd "$(dirname "$0")/.." && pwd)"
+# The job log holds the Jupyter token: a folder only the user can read (the files Slurm writes
+# into it inherit nothing, but nobody else can enter the folder).
 logdir="$repo/runs/jupyter"
 
 script="#!/bin/bash
@@ -55,6 +70,7 @@ if [[ $dry_run -eq 1 ]]; then
   exit 0
 fi
 mkdir -p "$logdir"
+chmod 700 "$logdir"
 job=$(printf '%s' "$script" | sbatch --parsable)
 echo "submitted job $job; waiting for it to start..." >&2
 node=""

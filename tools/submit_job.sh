@@ -60,12 +60,29 @@ if [[ ! "$run_name" =~ ^[A-Za-z0-9._-]+$ ]]; then
   echo "submit_job.sh: RUN_NAME '$run_name' may contain only letters, digits, '.', '_', '-'" >&2
   exit 2
 fi
-for n in "$gpus" "$nodes"; do
+for n in "$gpus" "$nodes" ${cpus:+"$cpus"}; do
   if [[ ! "$n" =~ ^[1-9][0-9]*$ ]]; then
-    echo "submit_job.sh: --gpus/--nodes need a positive integer, got '$n'" >&2
+    echo "submit_job.sh: --gpus/--nodes/--cpus need a positive integer, got '$n'" >&2
     exit 2
   fi
 done
+# Values that go into #SBATCH lines: only what Slurm accepts there (no newlines, no spaces).
+if [[ ! "$partition" =~ ^[A-Za-z0-9_.,-]+$ ]]; then
+  echo "submit_job.sh: --partition '$partition': letters, digits, '_', '.', ',', '-' only" >&2
+  exit 2
+fi
+if [[ -n "$account" && ! "$account" =~ ^[A-Za-z0-9_.-]+$ ]]; then
+  echo "submit_job.sh: --account '$account': letters, digits, '_', '.', '-' only" >&2
+  exit 2
+fi
+if [[ ! "$time_limit" =~ ^([0-9]+-)?[0-9]+(:[0-9]+){0,2}$ ]]; then
+  echo "submit_job.sh: --time '$time_limit': expected MM, HH:MM:SS or D-HH[:MM[:SS]]" >&2
+  exit 2
+fi
+if [[ -n "$mem" && ! "$mem" =~ ^[1-9][0-9]*[KMGT]?$ ]]; then
+  echo "submit_job.sh: --mem '$mem': expected a size such as 64G or 500M" >&2
+  exit 2
+fi
 config_file="${config%%:*}"
 if [[ ! -f "$config_file" ]]; then
   echo "submit_job.sh: config file '$config_file' not found" >&2
