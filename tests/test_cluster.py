@@ -63,6 +63,9 @@ def test_submit_dry_run_multi_node(tmp_path):
     assert len(srun) == 1
     assert "python -m xecjax.train --config configs/convnext.py:toy --workdir runs/run1" in srun[0]
     assert "--config.resume=auto --config.optim.lr=8e-4" in srun[0]
+    # an interrupted run (exit 75, xecjax.train.EXIT_INTERRUPTED) requeues, others pass through
+    assert "if [[ $rc -eq 75 ]]" in out and 'scontrol requeue "$SLURM_JOB_ID"' in out
+    assert out.rstrip().endswith("exit $rc")
     assert r"--config.data.path=/data/my\ files/\*.root" in srun[0]  # quoted for bash
     assert "source env_setting/activate.sh" in out  # architecture picks the environment
     # the generated batch script itself is clean bash
@@ -134,7 +137,7 @@ def test_run_scan_dry_run(tmp_path):
     srun = [ln for ln in res.stdout.splitlines() if ln.startswith("srun ")]
     assert len(srun) == 2
     assert "--workdir runs/lrscan-lr4e-4_drop_path0.1" in srun[0]
-    assert srun[0].endswith("--config.optim.lr=4e-4 --config.model.drop_path=0.1")
+    assert srun[0].endswith("--config.optim.lr=4e-4 --config.model.drop_path=0.1 || rc=$?")
     assert "--workdir runs/lrscan-lr8e-4 " in srun[1]
     assert res.stdout.count("#SBATCH --gpus-per-node=2") == 2
     assert "2 scan points" in res.stderr

@@ -21,7 +21,7 @@ import pytest
 
 from xecjax.checkpoint import Checkpointer, load_for_inference, read_meta
 from xecjax.config import load_config, parse_command_line
-from xecjax.train import NonFiniteError, train_and_evaluate
+from xecjax.train import EXIT_INTERRUPTED, NonFiniteError, train_and_evaluate
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = f"{ROOT / 'configs' / 'convnext.py'}:smoke"
@@ -266,7 +266,7 @@ def test_two_processes_give_the_parameters_of_one(base, runs):
     assert max_diff(params_1, params_2) < 1e-4
 
 
-def test_sigterm_saves_a_resumable_checkpoint_and_exits_0(base, runs):
+def test_sigterm_saves_a_resumable_checkpoint_and_exits_75(base, runs):
     work = base / "preempted"
     # on 2 devices, so that it reuses the compilation of the test above
     env = subprocess_env(base, XLA_FLAGS="--xla_force_host_platform_device_count=2")
@@ -285,7 +285,8 @@ def test_sigterm_saves_a_resumable_checkpoint_and_exits_0(base, runs):
     finally:
         if proc.poll() is None:
             proc.kill()
-    assert proc.returncode == 0, err[-3000:]
+    # not 0: Slurm must not mark the unfinished run COMPLETED (afterok dependencies wait)
+    assert proc.returncode == EXIT_INTERRUPTED == 75, err[-3000:]
     assert time.time() - t_signal < 30
     summary = json.loads((work / "summary.json").read_text())
     assert summary["preempted"] and summary["status"] == "KILLED"

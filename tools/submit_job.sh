@@ -8,8 +8,10 @@
 # One process per node driving all its GPUs (default) or one per GPU (--per-gpu), started with
 # srun so that jax.distributed.initialize() reads Slurm's variables. The job always passes
 # --config.resume=auto: resubmitting the same RUN_NAME continues from runs/RUN_NAME's last
-# checkpoint. SIGTERM is sent 120 s before the time limit; training saves and exits 0, and the
-# job requeues itself when it was preempted. --dry-run prints the batch script instead.
+# checkpoint. SIGTERM is sent 120 s before the time limit (or on preemption); training saves,
+# exits 75 (xecjax.train.EXIT_INTERRUPTED) and the job requeues itself (scontrol requeue), so an
+# unfinished run never ends COMPLETED and `afterok` dependencies wait for the real end.
+# --dry-run prints the batch script instead.
 set -euo pipefail
 
 usage() {
@@ -124,7 +126,13 @@ cd $(printf '%q' "$repo")
 source env_setting/activate.sh  # the environment of this node's architecture
 
 echo \"job \$SLURM_JOB_ID on \$SLURM_JOB_NODELIST (\$XECJAX_ARCH), \$SLURM_NTASKS processes\"
-srun --kill-on-bad-exit=1 python -m xecjax.train --config $(printf '%q' "$config") --workdir $workdir --config.resume=auto$quoted_overrides
+rc=0
+srun --kill-on-bad-exit=1 python -m xecjax.train --config $(printf '%q' "$config") --workdir $workdir --config.resume=auto$quoted_overrides || rc=\$?
+if [[ \$rc -eq 75 ]]; then  # interrupted after its checkpoint (xecjax.train.EXIT_INTERRUPTED)
+  echo \"run interrupted (checkpoint saved): requeueing job \$SLURM_JOB_ID\"
+  scontrol requeue \"\$SLURM_JOB_ID\" || echo \"requeue failed: resubmit to continue\"
+fi
+exit \$rc
 "
 
 if [[ $dry_run -eq 1 ]]; then

@@ -530,16 +530,31 @@ def _write_json(path: Path, obj: Any) -> None:
     tmp.replace(path)
 
 
+# Exit status of a run stopped by SIGTERM / SIGINT (Slurm time limit or preemption) after its
+# checkpoint: not 0, so that Slurm does not mark an unfinished run COMPLETED and `afterok`
+# dependencies wait; the job script of tools/submit_job.sh requeues itself on it. (75 is
+# EX_TEMPFAIL of sysexits.h: "try again later".)
+EXIT_INTERRUPTED = 75
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Command-line entry point; 0 on success or after a preemption checkpoint."""
+    """Command-line entry point: 0 when the run finished (or reached train.stop_after_epoch),
+    1 after a non-finite loss, EXIT_INTERRUPTED (75) after a preemption checkpoint."""
     keep_freed_host_memory()  # before JAX's first computation
     config, workdir = parse_command_line(sys.argv[1:] if argv is None else argv)
     maybe_initialize_distributed()
     try:
-        train_and_evaluate(config, workdir)
+        summary = train_and_evaluate(config, workdir)
     except NonFiniteError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
+    if summary["preempted"]:
+        print(
+            f"interrupted: checkpoint saved in {workdir}; continue with --config.resume=auto "
+            f"(exit status {EXIT_INTERRUPTED})",
+            file=sys.stderr,
+        )
+        return EXIT_INTERRUPTED
     return 0
 
 
