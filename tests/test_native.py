@@ -120,6 +120,29 @@ def test_the_library_is_built_once_per_cache(tmp_path):
     assert [p.name for p in first.parent.iterdir()] == [first.name]  # no temporaries left
 
 
+def test_a_cached_library_others_could_write_is_refused(tmp_path):
+    """A library in a folder (or a file) writable by group or others is not loaded: it could
+    have been planted and would run in this process."""
+    lib = native.build_library(cache_dir=tmp_path)
+    for path in (lib.parent, lib):
+        mode = path.stat().st_mode
+        path.chmod(mode | 0o022)
+        with pytest.raises(native.NativeBuildError, match="writable by group or others"):
+            native.build_library(cache_dir=tmp_path)
+        path.chmod(mode)
+    assert native.build_library(cache_dir=tmp_path) == lib
+
+
+def test_the_kernel_gradient_checks_the_shape_of_g():
+    """The C++ handler refuses a g whose shape differs from x's (an out-of-bounds read)."""
+    if not native.available():
+        pytest.skip("native kernels not built")
+    x = jnp.ones((2, 8, 9, 4), jnp.float32)
+    g = jnp.ones((2, 8, 8, 4), jnp.float32)
+    with pytest.raises(Exception, match="g must have x's shape"):
+        jax.block_until_ready(native.depthwise_kernel_grad(x, g, 7))
+
+
 @pytest.mark.parametrize("required", [False, True])
 def test_without_a_compiler_the_pure_jax_forms_run_or_ci_fails(tmp_path, required):
     """No compiler: a warning and available() False; under XECJAX_REQUIRE_NATIVE=1 an error."""

@@ -24,6 +24,7 @@ import hashlib
 import os
 import platform
 import shlex
+import stat
 import subprocess
 import tempfile
 import threading
@@ -73,6 +74,20 @@ def _compiler_version(cxx: list[str]) -> str:
     return out.stdout
 
 
+def _check_private(*paths: Path) -> None:
+    """Refuse a cache that another user could have written: each path must belong to this
+    user and not be writable by group or others (a planted library would run in-process)."""
+    for path in paths:
+        st = path.stat()
+        if st.st_uid != os.getuid():
+            raise NativeBuildError(f"{path} belongs to uid {st.st_uid}, not to this user")
+        if st.st_mode & (stat.S_IWGRP | stat.S_IWOTH):
+            raise NativeBuildError(
+                f"{path} is writable by group or others (mode {stat.filemode(st.st_mode)}): "
+                f"chmod go-w it, or set XECJAX_NATIVE_CACHE to a private folder"
+            )
+
+
 def build_library(cache_dir: str | os.PathLike | None = None, cxx: str | None = None) -> Path:
     """Compile depthwise.cc (once per source, compiler, jaxlib and CPU); the library's path."""
     compiler = shlex.split(cxx or os.environ.get("CXX") or "c++")
@@ -95,8 +110,13 @@ def build_library(cache_dir: str | os.PathLike | None = None, cxx: str | None = 
     ).hexdigest()[:16]
     lib = root / key / "libxecjax_native.so"
     if lib.exists():
+        # loading it runs its code in this process; the key folder's owner and mode also
+        # protect it when the cache root is shared (a replaced folder has another owner)
+        _check_private(lib.parent, lib)
         return lib
-    lib.parent.mkdir(parents=True, exist_ok=True)
+    root.mkdir(parents=True, exist_ok=True)
+    lib.parent.mkdir(mode=0o700, exist_ok=True)
+    _check_private(lib.parent)
     errors = []
     for arch in _ARCH_FLAGS:
         fd, tmp = tempfile.mkstemp(suffix=".so.tmp", dir=lib.parent)

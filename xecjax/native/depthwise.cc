@@ -130,6 +130,13 @@ void WithChannels(int64_t c, F&& f) {
   }
 }
 
+bool SameShape(ffi::Span<const int64_t> a, ffi::Span<const int64_t> b) {
+  if (a.size() != b.size()) return false;
+  for (size_t i = 0; i < a.size(); ++i)
+    if (a[i] != b[i]) return false;
+  return true;
+}
+
 ffi::Error CheckShapes(ffi::Span<const int64_t> x, ffi::Span<const int64_t> k, const char* what,
                        Shape* s) {
   if (x.size() != 4 || k.size() != 3 || k[0] != k[1] || k[0] % 2 == 0 || k[2] != x[3])
@@ -145,6 +152,8 @@ ffi::Error Forward(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buffer<ff
   if (auto err = CheckShapes(x.dimensions(), kernel.dimensions(), "xecjax depthwise conv", &s);
       err.failure())
     return err;
+  if (!SameShape(y->dimensions(), x.dimensions()))
+    return ffi::Error::InvalidArgument("xecjax depthwise conv: y must have x's shape");
   const float* xp = x.typed_data();
   const float* kp = kernel.typed_data();
   float* yp = y->typed_data();
@@ -169,6 +178,8 @@ ffi::Error KernelGrad(ffi::ThreadPool pool, ffi::Buffer<ffi::F32> x, ffi::Buffer
   if (auto err = CheckShapes(x.dimensions(), dk->dimensions(), "xecjax depthwise kernel grad", &s);
       err.failure())
     return err;
+  if (!SameShape(g.dimensions(), x.dimensions()))
+    return ffi::Error::InvalidArgument("xecjax depthwise kernel grad: g must have x's shape");
   const float* xp = x.typed_data();
   const float* gp = g.typed_data();
   const int64_t rows = s.b * s.h;
