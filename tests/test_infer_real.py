@@ -166,13 +166,20 @@ def test_output_name_from_run_ranges():
     assert infer_real.default_output(["/d/real.root"]) == "inference_results_real.root"
 
 
-def bad_model(path: Path) -> Path:
-    """A valid ONNX model whose input is (N, 10), not (N, 4760, 2)."""
+def bad_model(path: Path, batch="N", shape=(10,), dtype=onnx.TensorProto.FLOAT, width=None) -> Path:
+    """A valid ONNX model: input (batch, *shape) of dtype; output the input (width None) or a
+    mean over one axis, (batch, width)."""
     h = onnx.helper
-    x = h.make_tensor_value_info("input", onnx.TensorProto.FLOAT, ["N", 10])
-    y = h.make_tensor_value_info("output", onnx.TensorProto.FLOAT, ["N", 10])
-    graph = h.make_graph([h.make_node("Identity", ["input"], ["output"])], "g", [x], [y])
-    onnx.save(h.make_model(graph, opset_imports=[h.make_opsetid("", 18)]), path)
+    x = h.make_tensor_value_info("input", dtype, [batch, *shape])
+    if width is None:
+        y = h.make_tensor_value_info("output", dtype, [batch, *shape])
+        node = h.make_node("Identity", ["input"], ["output"])
+    else:
+        y = h.make_tensor_value_info("output", dtype, [batch, width])
+        axis = 1 if width == shape[-1] else 2  # mean over sensors (N, 2) or channels (N, 4760)
+        node = h.make_node("ReduceMean", ["input"], ["output"], axes=[axis], keepdims=0)
+    graph = h.make_graph([node], "g", [x], [y])
+    onnx.save(h.make_model(graph, opset_imports=[h.make_opsetid("", 13)]), path)
     return path
 
 
@@ -181,7 +188,10 @@ def bad_model(path: Path) -> Path:
     [
         ("missing_model", "does not exist"),
         ("not_onnx", "not a loadable ONNX model"),
-        ("wrong_input_shape", "expected one input of shape (N, 4760, 2)"),
+        ("wrong_input_shape", "expected one input (N, 4760, 2)"),
+        ("fixed_batch", "batch dimension fixed at 4"),
+        ("float64_input", "input type tensor(double)"),
+        ("wide_output", "output shape ['N', 4760]"),
         ("missing_input", "does not exist"),
         ("no_sensor_branches", "has no branch 'npho'"),
     ],
@@ -196,6 +206,13 @@ def test_bad_inputs_give_clear_errors_and_no_output(case, message, model, real_f
         onnx_path.write_text("this is not a model\n")
     elif case == "wrong_input_shape":
         onnx_path = bad_model(tmp_path / "bad.onnx")
+    elif case == "fixed_batch":
+        onnx_path = bad_model(tmp_path / "bad.onnx", batch=4, shape=(4760, 2), width=2)
+    elif case == "float64_input":
+        onnx_path = bad_model(tmp_path / "bad.onnx", shape=(4760, 2), width=2,
+                              dtype=onnx.TensorProto.DOUBLE)  # fmt: skip
+    elif case == "wide_output":
+        onnx_path = bad_model(tmp_path / "bad.onnx", shape=(4760, 2), width=4760)
     elif case == "missing_input":
         input_path = tmp_path / "DataGammaAngle_1-2.root"
     elif case == "no_sensor_branches":

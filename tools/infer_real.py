@@ -91,17 +91,32 @@ def load_session(path: str | os.PathLike, device: str = "cpu", threads: int | No
         raise ValueError(f"{str(path)!r} is not a loadable ONNX model ({e})") from None
     if device == "cuda" and session.get_providers()[0] != "CUDAExecutionProvider":
         warnings.warn("CUDA provider could not be initialised; running on CPU", stacklevel=2)
+    check_signature(session, path)
+    return session, dict(session.get_modelmeta().custom_metadata_map)
+
+
+def check_signature(session, path) -> None:
+    """The model's input and first output as the ONNX contract (DESIGN.md section 9) says,
+    checked before any data is read: one float32 input (batch_size, 4760, 2) with a dynamic
+    batch, a float32 output (batch_size, 2) = (theta, phi) degrees."""
     inputs, outputs = session.get_inputs(), session.get_outputs()
+    where = f"{str(path)!r}"
     shape = inputs[0].shape if len(inputs) == 1 else None
     if shape is None or len(shape) != 3 or list(shape[1:]) != [N_SENSORS, 2]:
         got = [(i.name, i.shape) for i in inputs]
+        raise ValueError(f"{where}: model inputs {got}; expected one input (N, {N_SENSORS}, 2)")
+    if inputs[0].type != "tensor(float)":
+        raise ValueError(f"{where}: model input type {inputs[0].type}; expected float32")
+    if isinstance(shape[0], int):
         raise ValueError(
-            f"{str(path)!r}: model inputs {got}; expected one input of shape (N, {N_SENSORS}, 2)"
+            f"{where}: model input batch dimension fixed at {shape[0]}; expected a dynamic batch "
+            "(export with tools/export_onnx.py)"
         )
     out_shape = outputs[0].shape
-    if len(out_shape) != 2 or not (isinstance(out_shape[1], int) and out_shape[1] >= 2):
-        raise ValueError(f"{str(path)!r}: model output shape {out_shape}; expected (N, 2)")
-    return session, dict(session.get_modelmeta().custom_metadata_map)
+    if len(out_shape) != 2 or out_shape[1] != 2:
+        raise ValueError(f"{where}: model output shape {out_shape}; expected (N, 2)")
+    if outputs[0].type != "tensor(float)":
+        raise ValueError(f"{where}: model output type {outputs[0].type}; expected float32")
 
 
 def resolve_normaliser(metadata: dict[str, str], overrides: dict[str, str], path: str = ""):
@@ -234,10 +249,16 @@ def run_inference(session, plan, normaliser: Normaliser, raw: bool, output: str 
                 x, reco, present = ahead.result()
                 if i + 1 < len(tasks):  # read and normalise the next chunk while this one runs
                     ahead = pool.submit(load, tasks[i + 1])
-                pred = np.concatenate([
-                    session.run(None, {name: x[b : b + batch_size]})[0][:, :2]
-                    for b in range(0, len(x), batch_size)
-                ]).astype(np.float32)  # fmt: skip
+                try:
+                    pred = np.concatenate([
+                        session.run(None, {name: x[b : b + batch_size]})[0][:, :2]
+                        for b in range(0, len(x), batch_size)
+                    ]).astype(np.float32)  # fmt: skip
+                except Exception as e:  # onnxruntime's own errors: a message, not a traceback
+                    src, start, stop = tasks[i][:3]
+                    raise RuntimeError(
+                        f"onnxruntime failed on {src!r} events {start}..{stop}: {e}"
+                    ) from None
                 cols = val_tree_columns(
                     pred, reco["emiAng"], reco["run"], reco["event"], reco["energyReco"],
                     reco["xyzRecoFI"], reco["xyzVTX"],
@@ -291,7 +312,7 @@ def main(argv: list[str] | None = None) -> int:
         t0 = time.perf_counter()
         n = run_inference(session, plan, normaliser, raw, output, args.tree, args.chunksize,
                           args.batch_size, progress=not args.no_progress)  # fmt: skip
-    except (FileNotFoundError, ValueError, KeyError, PermissionError) as e:
+    except (FileNotFoundError, ValueError, KeyError, PermissionError, RuntimeError) as e:
         print(f"infer_real: {e}", file=sys.stderr)
         return 1
     dt = time.perf_counter() - t0
