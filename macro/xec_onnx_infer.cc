@@ -73,9 +73,31 @@ void CheckModel(Ort::Session &session)
    if (in != "input" || out != "output")
       throw std::runtime_error("model input/output are '" + in + "'/'" + out +
                                "', expected 'input'/'output'");
-   const auto shape = session.GetInputTypeInfo(0).GetTensorTypeAndShapeInfo().GetShape();
-   if (shape.size() != 3 || shape[1] != kSensors || shape[2] != kChannels)
-      throw std::runtime_error("model input is not (batch_size, 4760, 2)");
+   const auto inInfo = session.GetInputTypeInfo(0).GetTensorTypeAndShapeInfo();
+   const auto shape = inInfo.GetShape();
+   if (shape.size() != 3 || shape[1] != kSensors || shape[2] != kChannels ||
+       inInfo.GetElementType() != ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT)
+      throw std::runtime_error("model input is not float32 (batch_size, 4760, 2)");
+   const auto outInfo = session.GetOutputTypeInfo(0).GetTensorTypeAndShapeInfo();
+   const auto outShape = outInfo.GetShape();
+   if (outShape.size() != 2 || outShape[1] != 2 ||
+       outInfo.GetElementType() != ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT)
+      throw std::runtime_error("model output is not float32 (batch_size, 2)");
+}
+
+// A whole positive number from a command-line option, or a runtime_error naming the option.
+int64_t ParsePositive(const std::string &opt, const std::string &text)
+{
+   std::size_t used = 0;
+   long long value = 0;
+   try {
+      value = std::stoll(text, &used);
+   } catch (const std::exception &) {
+      used = 0;
+   }
+   if (used != text.size() || value <= 0)
+      throw std::runtime_error(opt + " '" + text + "': expected a positive integer");
+   return value;
 }
 
 void PrintMetadata(Ort::Session &session)
@@ -99,14 +121,23 @@ int main(int argc, char **argv)
    const std::string modelPath = argv[1], inputPath = argv[2];
    int threads = 1;
    int64_t batch = 0;
-   for (int i = 3; i + 1 < argc; i += 2) {
-      const std::string opt = argv[i];
-      if (opt == "--threads") threads = std::stoi(argv[i + 1]);
-      else if (opt == "--batch") batch = std::stoll(argv[i + 1]);
-      else {
-         std::cerr << "unknown option " << opt << "\n";
-         return 2;
+   if ((argc - 3) % 2 != 0) {
+      std::cerr << "xec_onnx_infer: option " << argv[argc - 1] << " needs a value\n";
+      return 2;
+   }
+   try {
+      for (int i = 3; i + 1 < argc; i += 2) {
+         const std::string opt = argv[i];
+         if (opt == "--threads") threads = static_cast<int>(ParsePositive(opt, argv[i + 1]));
+         else if (opt == "--batch") batch = ParsePositive(opt, argv[i + 1]);
+         else {
+            std::cerr << "xec_onnx_infer: unknown option " << opt << "\n";
+            return 2;
+         }
       }
+   } catch (const std::exception &e) {
+      std::cerr << "xec_onnx_infer: " << e.what() << "\n";
+      return 2;
    }
    try {
       Ort::Env env(ORT_LOGGING_LEVEL_WARNING, "xec_onnx_infer");

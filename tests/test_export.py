@@ -228,3 +228,9 @@ def test_cpp_consumer(exported, toy, tmp_path):
         capture_output=True, text=True,
     )  # fmt: skip
     assert bad.returncode == 1 and "expected a positive multiple of 9520" in bad.stderr
+    for opts in (["--batch", "four"], ["--batch", "0"], ["--threads", "2x"], ["--batch"]):
+        bad = subprocess.run(
+            [build / "xec_onnx_infer", exported["normalised"], tmp_path / "events.bin", *opts],
+            capture_output=True, text=True,
+        )  # fmt: skip
+        assert bad.returncode == 2 and "xec_onnx_infer:" in bad.stderr, (opts, bad.stderr)
