@@ -422,3 +422,24 @@ def test_freed_host_memory_is_reused_not_faulted_in_again():
             assert faults < 1000  # the block stayed in the heap
         else:
             assert faults > 10000  # 50 MB of fresh pages (4 kB each) faulted in again
+
+
+def test_toy_cache_written_by_another_job_meanwhile_is_used(tmp_path, monkeypatch):
+    """Two jobs generating the same toy set: the one that renames second uses the set that is
+    there and leaves no temporary folder (it used to die on the rename)."""
+    import xecjax.simulate
+    from xecjax.train import toy_data_files
+
+    d = load_config(CONFIG).data
+    d.toy_dir, d.toy_events, d.toy_files = str(tmp_path / "toy"), 8, 2
+    out = Path(d.toy_dir) / f"{d.toy_vertex}_8ev_2f_seed{d.toy_seed}"
+    real = xecjax.simulate.write_toy_files
+
+    def racing(tmp, *args, **kwargs):
+        real(out, *args, **kwargs)  # the other job finishes first
+        return real(tmp, *args, **kwargs)
+
+    monkeypatch.setattr(xecjax.simulate, "write_toy_files", racing)
+    files = toy_data_files(d)
+    assert files == sorted(str(p) for p in out.glob("*.root")) and len(files) == 2
+    assert [p.name for p in Path(d.toy_dir).iterdir()] == [out.name]  # no temporary left

@@ -20,6 +20,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import shutil
 import sys
 import time
 from pathlib import Path
@@ -73,7 +74,14 @@ def toy_data_files(cfg: ml_collections.ConfigDict) -> list[str]:
             cfg=SimConfig(vertex=cfg.toy_vertex),
             progress=True,
         )
-        tmp.rename(out)  # atomic: a half-written cache is never mistaken for a complete one
+        try:
+            tmp.rename(out)  # atomic: a half-written cache is never mistaken for a complete one
+        except OSError:
+            if not out.is_dir():
+                raise
+            # another job generated the same set meanwhile (same name = same parameters): use
+            # theirs, drop ours
+            shutil.rmtree(tmp, ignore_errors=True)
     if jax.process_count() > 1:
         multihost_utils.sync_global_devices("toy data")
     return sorted(str(p) for p in out.glob("*.root"))
