@@ -49,6 +49,10 @@ from xecjax.optim import make_optimizer, make_schedule
 from xecjax.steps import evaluate, make_eval_step, make_train_step
 from xecjax.tracking import Tracker, plot_history, system_metrics
 
+# Steps between the processes' agreement on a stop request (SIGTERM) in multi-process runs.
+# Slurm signals 120 s before the time limit: 20 steps are seconds on a GPU.
+STOP_CHECK_STEPS = 20
+
 
 class NonFiniteError(RuntimeError):
     """A non-finite loss or gradient under nan_policy='stop'."""
@@ -367,6 +371,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
         return [float(m["loss"]) for s, m in got if m["finite"]]
 
     host_step = int(state["step"])  # mirrors state["step"] without waiting for the device
+    n_proc = jax.process_count()
     try:
         with Preemption() as preemption:
             for epoch in range(start_epoch, stop_epoch):
@@ -399,7 +404,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
                     if bar is not None:
                         bar.update(1)
                     every = config.train.checkpoint_every_steps
-                    preempted = preemption.requested
+                    # several processes agree on the flag with a collective (a host-device
+                    # sync): only every STOP_CHECK_STEPS steps, the same steps everywhere
+                    if n_proc == 1 or (step_no + 1) % STOP_CHECK_STEPS == 0:
+                        preempted = preemption.requested
                     if preempted or (every > 0 and (step_no + 1) % every == 0):
                         epoch_losses += check(epoch)
                         save("last", epoch, b + 1)
