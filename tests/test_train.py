@@ -443,3 +443,28 @@ def test_toy_cache_written_by_another_job_meanwhile_is_used(tmp_path, monkeypatc
     files = toy_data_files(d)
     assert files == sorted(str(p) for p in out.glob("*.root")) and len(files) == 2
     assert [p.name for p in Path(d.toy_dir).iterdir()] == [out.name]  # no temporary left
+
+
+def test_an_mlflow_error_warns_and_does_not_stop_the_run(tmp_path):
+    """'database is locked' (scan jobs sharing one SQLite store) is a warning: the metrics
+    still reach TensorBoard and the run goes on to its checkpoints."""
+    import sqlite3
+
+    from xecjax.tracking import Tracker
+
+    tracker = Tracker(tmp_path / "run", {"a": 1}, mlflow_uri=f"sqlite:///{tmp_path / 'm.db'}")
+
+    def locked(*args, **kwargs):
+        raise sqlite3.OperationalError("database is locked")
+
+    tracker._client.log_batch = locked
+    tracker._client.log_artifact = locked
+    tracker._client.set_terminated = locked
+    with pytest.warns(RuntimeWarning, match="database is locked"):
+        tracker.log_metrics({"val_loss": 1.5}, 0)
+    (tmp_path / "f.txt").write_text("x")
+    with pytest.warns(RuntimeWarning, match="database is locked"):
+        tracker.log_artifact(tmp_path / "f.txt")
+    with pytest.warns(RuntimeWarning, match="database is locked"):
+        tracker.close()
+    assert list((tmp_path / "run" / "tb").glob("events.out.tfevents.*"))

@@ -14,6 +14,7 @@ Browse: `mlflow ui --backend-store-uri sqlite:///mlruns.db` ; `tensorboard --log
 from __future__ import annotations
 
 import time
+import warnings
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -118,15 +119,23 @@ class Tracker:
             self._tb = SummaryWriter(str(Path(workdir) / "tb"))
 
     def log_metrics(self, metrics: Mapping[str, float], step: int) -> None:
-        """Log scalars at `step` (epoch for per-epoch metrics, global step for per-step ones)."""
+        """Log scalars at `step` (epoch for per-epoch metrics, global step for per-step ones).
+
+        An MLflow error (e.g. "database is locked" when scan jobs share one SQLite file) warns
+        and the run goes on: tracking never stops training (TensorBoard still gets the values).
+        """
         if not self.enabled:
             return
         from mlflow.entities import Metric
 
         now = int(time.time() * 1000)
         items = [Metric(k, float(v), now, int(step)) for k, v in metrics.items()]
-        for i in range(0, len(items), _MAX_METRICS):
-            self._client.log_batch(self.run_id, metrics=items[i : i + _MAX_METRICS])
+        try:
+            for i in range(0, len(items), _MAX_METRICS):
+                self._client.log_batch(self.run_id, metrics=items[i : i + _MAX_METRICS])
+        except Exception as e:
+            warnings.warn(f"MLflow logging failed at step {step} ({e}); training goes on",
+                          RuntimeWarning, stacklevel=2)  # fmt: skip
         if self._tb is not None:
             for k, v in metrics.items():
                 self._tb.add_scalar(k, float(v), int(step))
@@ -141,7 +150,10 @@ class Tracker:
     def log_artifact(self, path: str | Path) -> None:
         """Copy a file (plot, summary, config) into the MLflow run's artifacts."""
         if self.enabled and Path(path).exists():
-            self._client.log_artifact(self.run_id, str(path))
+            try:
+                self._client.log_artifact(self.run_id, str(path))
+            except Exception as e:
+                warnings.warn(f"MLflow could not store {path} ({e})", RuntimeWarning, stacklevel=2)
 
     def close(self, status: str = "FINISHED") -> None:
         """End the MLflow run (FINISHED, FAILED or KILLED) and close TensorBoard."""
@@ -151,7 +163,11 @@ class Tracker:
             self._tb.close()
             self._tb = None
         if self._client is not None and self.run_id:
-            self._client.set_terminated(self.run_id, status=status)
+            try:
+                self._client.set_terminated(self.run_id, status=status)
+            except Exception as e:
+                warnings.warn(f"MLflow could not end run {self.run_id} ({e})", RuntimeWarning,
+                              stacklevel=2)  # fmt: skip
             self._client = None
 
 

@@ -432,13 +432,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
                     row.update(evaluate(eval_step, state["ema"], data["val"], batch_sharding))
                 row.update(system_metrics())
                 history.append(row)
-                tracker.log_metrics({k: v for k, v in row.items() if k != "epoch"}, epoch)
-                if "val_resolution_deg" in row:  # a flat reference line beside every point
-                    tracker.log_metrics(baselines, epoch)
+                # checkpoints first: a tracking failure must never cost the epoch's checkpoint
                 if row.get("val_resolution_deg", np.inf) < best["val_resolution_deg"]:
                     best = {k: row[k] for k in ("epoch", "val_resolution_deg", "val_loss")}
                     save("best", epoch + 1, 0)
                 save("last", epoch + 1, 0)
+                tracker.log_metrics({k: v for k, v in row.items() if k != "epoch"}, epoch)
+                if "val_resolution_deg" in row:  # a flat reference line beside every point
+                    tracker.log_metrics(baselines, epoch)
                 if is_main:
                     print(_epoch_line(row), flush=True)
     except BaseException:
