@@ -468,3 +468,16 @@ def test_an_mlflow_error_warns_and_does_not_stop_the_run(tmp_path):
     with pytest.warns(RuntimeWarning, match="database is locked"):
         tracker.close()
     assert list((tmp_path / "run" / "tb").glob("events.out.tfevents.*"))
+
+
+def test_checkpoint_every_steps_on_an_epoch_end_keeps_the_epoch_save(base, runs):
+    """checkpoint_every_steps equal to the epoch length: the epoch-end `last` (history row,
+    position at the next epoch, `best`) is still written, not skipped as an existing step."""
+    work = base / "every_epoch"
+    steps = runs["A"]["step"] // 4  # steps per epoch of the smoke run
+    config = smoke_config(base, checkpoint_every_steps=steps, epochs=2, debug_nan_step=-1)
+    train_and_evaluate(config, work)
+    step, meta = read_meta(work, "last")
+    assert step == 2 * steps
+    assert meta["position"] == {"epoch": 2, "batch": 0}
+    assert [h["epoch"] for h in meta["history"]] == [0, 1]

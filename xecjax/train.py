@@ -408,7 +408,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
                     # sync): only every STOP_CHECK_STEPS steps, the same steps everywhere
                     if n_proc == 1 or (step_no + 1) % STOP_CHECK_STEPS == 0:
                         preempted = preemption.requested
-                    if preempted or (every > 0 and (step_no + 1) % every == 0):
+                    # an extra save on the epoch's last batch would take the step number of
+                    # the epoch-end save below (history row, best), which would then be skipped
+                    extra = every > 0 and (step_no + 1) % every == 0 and b < steps_per_epoch - 1
+                    if preempted or extra:
                         epoch_losses += check(epoch)
                         save("last", epoch, b + 1)
                         if preempted:
