@@ -73,12 +73,15 @@ void CheckModel(Ort::Session &session)
    if (in != "input" || out != "output")
       throw std::runtime_error("model input/output are '" + in + "'/'" + out +
                                "', expected 'input'/'output'");
-   const auto inInfo = session.GetInputTypeInfo(0).GetTensorTypeAndShapeInfo();
+   // the TypeInfo objects own what their tensor infos point to: keep them alive
+   const Ort::TypeInfo inType = session.GetInputTypeInfo(0);
+   const auto inInfo = inType.GetTensorTypeAndShapeInfo();
    const auto shape = inInfo.GetShape();
    if (shape.size() != 3 || shape[1] != kSensors || shape[2] != kChannels ||
        inInfo.GetElementType() != ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT)
       throw std::runtime_error("model input is not float32 (batch_size, 4760, 2)");
-   const auto outInfo = session.GetOutputTypeInfo(0).GetTensorTypeAndShapeInfo();
+   const Ort::TypeInfo outType = session.GetOutputTypeInfo(0);
+   const auto outInfo = outType.GetTensorTypeAndShapeInfo();
    const auto outShape = outInfo.GetShape();
    if (outShape.size() != 2 || outShape[1] != 2 ||
        outInfo.GetElementType() != ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT)
