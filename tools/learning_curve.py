@@ -114,7 +114,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def parse_args(argv: list[str]) -> tuple[argparse.Namespace, Any]:
     """(args, config with the overrides applied) or a parser error (exit 2)."""
-    from xecjax.config import apply_override, load_config
+    from xecjax.config import apply_override, load_config, override_pairs
 
     parser = build_parser()
     args, rest = parser.parse_known_args(argv)
@@ -123,18 +123,7 @@ def parse_args(argv: list[str]) -> tuple[argparse.Namespace, Any]:
     except (FileNotFoundError, ValueError) as e:
         parser.error(str(e))
     args.overrides = []
-    i = 0
-    while i < len(rest):
-        arg = rest[i]
-        if not arg.startswith("--config."):
-            parser.error(
-                f"unrecognised argument {arg!r} (overrides look like --config.optim.lr=8e-4)"
-            )
-        key, eq, value = arg[len("--config.") :].partition("=")
-        if not eq:
-            if i + 1 >= len(rest):
-                parser.error(f"{arg}: missing value")
-            value, i = rest[i + 1], i + 1
+    for key, value in override_pairs(rest, parser.error):
         if key in OWNED_KEYS:
             parser.error(f"--config.{key} is set by this tool (use {OWNED_KEYS[key]})")
         try:
@@ -142,7 +131,6 @@ def parse_args(argv: list[str]) -> tuple[argparse.Namespace, Any]:
         except (KeyError, ValueError) as e:
             parser.error(str(e.args[0]))
         args.overrides.append(f"--config.{key}={value}")
-        i += 1
     if args.epochs is not None:
         config.train.epochs = args.epochs
     small = [n for n in args.sizes if n < config.data.batch_size]

@@ -77,6 +77,24 @@ def apply_override(config: ml_collections.ConfigDict, key: str, text: str) -> No
     node[leaf] = _parse_value(text, node[leaf], key)
 
 
+def override_pairs(rest: list[str], error: Callable[[str], Any]) -> list[tuple[str, str]]:
+    """(dotted key, value text) of `--config.key=value` / `--config.key value` arguments;
+    anything else is passed to `error` (argparse's parser.error, which exits)."""
+    pairs, i = [], 0
+    while i < len(rest):
+        arg = rest[i]
+        if not arg.startswith("--config."):
+            error(f"unrecognised argument {arg!r} (overrides look like --config.optim.lr=8e-4)")
+        key, eq, value = arg[len("--config.") :].partition("=")
+        if not eq:
+            if i + 1 >= len(rest):
+                error(f"{arg}: missing value")
+            value, i = rest[i + 1], i + 1
+        pairs.append((key, value))
+        i += 1
+    return pairs
+
+
 def parse_command_line(argv: list[str]) -> tuple[ml_collections.ConfigDict, Path]:
     """(config, workdir) from the command line."""
     parser = argparse.ArgumentParser(
@@ -90,23 +108,11 @@ def parse_command_line(argv: list[str]) -> tuple[ml_collections.ConfigDict, Path
     )
     args, rest = parser.parse_known_args(argv)
     config = load_config(args.config)
-    i = 0
-    while i < len(rest):
-        arg = rest[i]
-        if not arg.startswith("--config."):
-            parser.error(
-                f"unrecognised argument {arg!r} (overrides look like --config.optim.lr=8e-4)"
-            )
-        key, eq, value = arg[len("--config.") :].partition("=")
-        if not eq:
-            if i + 1 >= len(rest):
-                parser.error(f"{arg}: missing value")
-            value, i = rest[i + 1], i + 1
+    for key, value in override_pairs(rest, parser.error):
         try:
             apply_override(config, key, value)
         except (KeyError, ValueError) as e:
             parser.error(str(e.args[0]))
-        i += 1
     if args.workdir is None:
         stem = Path(args.config.partition(":")[0]).stem
         args.workdir = (
