@@ -4,12 +4,13 @@ Train (reference size, GPU):
   python -m xecjax.train --config configs/convnext.py --workdir runs/convnext
 Variants: `configs/convnext.py:toy` (CPU minutes on the embedded toy data),
 `configs/convnext.py:smoke` (tests, seconds). Overrides: `--config.optim.lr=8e-4`.
-Expected (toy, measured on the 2-core CPU machine with the native depthwise kernels): 7 epochs
-of 2,880 point-vertex toy training events (720 for validation), 86-99 events/s, 4.7 min in all
-with compilation (toy files already generated; ~52 events/s and 8.5 min before those kernels),
-peak RSS 3.4 GB; validation 68 % opening angle 4.46 deg (3.79-3.91 deg in earlier measurements
-with other float orders; 8 epochs of 3,200 events: 2.98 deg in 15 min; run-to-run spread is
-large at this size; the centroid baseline reaches ~1 deg on such data).
+Expected (toy, the README's main job, measured on the 2-core CPU machine): 20,000 point-vertex
+toy events (16 train / 2 val / 2 test files), 4 epochs of the "point" head with the opening-angle
+loss plus the conversion-point target, 116-154 events/s, 10.4 min for train + evaluate when the
+machine is otherwise idle, peak RSS 3.7 GB; test-split psi 68 0.655 / 0.671 / 0.688 deg for
+train seeds 0 / 1 / 2, against 0.794 deg for the light centroid and 0.542 deg for the
+point-source fit on the same events. (Before: 7 epochs of 2,880 events regressing (theta, phi)
+gave 3.75-4.46 deg.)
 Resume a run: `--config.resume=auto` (same --workdir).
 """
 
@@ -42,6 +43,12 @@ def get_model_config(variant: str) -> ml_collections.ConfigDict:
     m.head_dropout = 0.2
     m.drop_path = 0.0  # max stochastic depth rate (linear over CNN / hex blocks)
     m.uncertainty = False  # True: 4 outputs (theta, phi, log_sigma_theta, log_sigma_phi)
+    # "angles": the reference head regresses (theta, phi) in degrees; "vector": a unit vector
+    # (output (theta, phi, x, y, z), no phi wrap-around; losses angular / vmf);
+    # "point": the line from the target centre to the conversion point, localised by a
+    # soft-argmax over the inner-face CNN map plus depth (xecjax.models.regressor.PointHead)
+    m.output = "angles"
+    m.kappa = False  # vector / point: + log kappa of a von Mises-Fisher width (loss vmf)
     if variant == "toy":
         # 4 x 4 face grid as the reference: a 2 x 2 resize of the 46 x 21 inner map reads only
         # rows 11 and 34 (no antialias), leaving the face centre outside the token.
@@ -49,6 +56,7 @@ def get_model_config(variant: str) -> ml_collections.ConfigDict:
         m.hex_dim, m.hex_depth = 32, 2
         m.d_model, m.num_heads, m.ffn_dim, m.num_layers = 512, 4, 512, 1
         m.head_hidden = 128
+        m.output = "point"  # direction from the localised conversion point (PointHead)
     elif variant == "smoke":
         m.cnn_dims, m.cnn_depths, m.face_grid = (4, 8), (1, 1), (2, 2)
         m.hex_dim, m.hex_depth = 8, 1
@@ -60,4 +68,8 @@ def get_model_config(variant: str) -> ml_collections.ConfigDict:
 
 def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
     # high smoke lr: the loss must visibly fall within the tests' 80 steps
-    return experiment_config("configs/convnext.py", arg, get_model_config, lr={"smoke": 1e-2})
+    c = experiment_config("configs/convnext.py", arg, get_model_config, lr={"smoke": 1e-2})
+    if c.variant == "toy":
+        # the opening angle (degrees, L1 on the sphere) plus the conversion point (cm)
+        c.optim.loss, c.optim.point_weight = "opening_angle", 1.0
+    return c
