@@ -258,12 +258,23 @@ class RegressionHead(nnx.Module):
         return self.fc2(dropout(h, self.dropout, train=train, rng=rng))
 
 
+def to_first_map_grid(image):
+    """Inner-face values [..., 93, 44, C] -> [..., 92, 43, C] at the pixels of the CNN's
+    first-stage map: pixel (i, j) sits between inner sensors i..i+1, j..j+1 (4 x 4 stem with
+    padding 1), so each is the mean of those four. NumPy or jax arrays."""
+    return (
+        image[..., :-1, :-1, :]
+        + image[..., 1:, :-1, :]
+        + image[..., :-1, 1:, :]
+        + image[..., 1:, 1:, :]
+    ) / 4
+
+
 @functools.cache
 def first_map_uv() -> np.ndarray:
-    """(u, v) cm of the inner CNN's first-stage pixels, [92, 43, 2]: pixel (i, j) sits between
-    inner sensors i..i+1, j..j+1 (4 x 4 stem with padding 1). A constant, not module state."""
-    uv = geometry.INNER_UV
-    return (uv[:-1, :-1] + uv[1:, :-1] + uv[:-1, 1:] + uv[1:, 1:]) / 4
+    """(u, v) cm of the inner CNN's first-stage pixels, [92, 43, 2]. A constant, not module
+    state."""
+    return to_first_map_grid(geometry.INNER_UV)
 
 
 class PointHead(nnx.Module):
@@ -314,8 +325,7 @@ class PointHead(nnx.Module):
         pixel_uv = first_map_uv()
         if (h, w) != pixel_uv.shape[:2]:
             raise ValueError(f"PointHead: inner map {fmap.shape[1:3]} != {pixel_uv.shape[:2]}")
-        light = light.astype(jnp.float32)
-        light = (light[:, :-1, :-1] + light[:, 1:, :-1] + light[:, :-1, 1:] + light[:, 1:, 1:]) / 4
+        light = to_first_map_grid(light.astype(jnp.float32)[..., None])
         logits = self.logit(fmap).reshape(b, h * w).astype(jnp.float32)
         logits = logits + self.light_scale[...] * light.reshape(b, h * w)
         weights = jax.nn.softmax(logits, axis=-1)
