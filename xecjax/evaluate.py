@@ -90,7 +90,7 @@ def val_tree_columns(pred, true, run, event, energy, xyz_truth, xyz_vtx) -> dict
     pred [N, >=2] model output ((theta, phi) deg first), true [N, 2]; run, event [N]; energy
     [N] GeV; xyz_truth, xyz_vtx [N, 3] cm. Returns {branch: array [N]} in the order of
     VAL_TREE_DTYPES (run_id, event_id int32, the rest float32); opening_angle in degrees. A pred
-    with a predicted uncertainty (width 4 or 6) adds metrics.uncertainty_columns (float32).
+    with a predicted uncertainty (width 4, 6 or 9) adds metrics.uncertainty_columns (float32).
     """
     pred, true = np.asarray(pred), np.asarray(true)
     xyz_truth, xyz_vtx = np.asarray(xyz_truth), np.asarray(xyz_vtx)
@@ -318,7 +318,7 @@ def evaluate_run(
     }
     predict, saliency_fn = make_predict_and_saliency(apply_fn)
     references = (*BASELINES, TRUTH_POINT) if with_baseline else ()
-    acc: dict[str, list] = {k: [] for k in ("pred", "output", "true", *references)}
+    acc: dict[str, list] = {k: [] for k in ("output", "true", *references)}
     sal_sum, n_sal, example = np.zeros((2, N_SENSORS, 2)), 0, {}
     worst = WorstEvents(n_worst)
     timing = {"model": [], "baseline": []}  # per batch (events, seconds)
@@ -348,7 +348,6 @@ def evaluate_run(
                 val_tree_columns(output, true, *ids, b["energy"], b["xyzTruth"], b["xyzVTX"])
             )
             rows.writerows(zip(*(np.round(a, 5) for a in (*true.T, *pred.T)), *ids, strict=True))
-            acc["pred"].append(pred)
             acc["output"].append(output)
             acc["true"].append(true)
             if with_baseline:  # on the whole padded batch: one jitted shape
@@ -362,7 +361,7 @@ def evaluate_run(
         if n_done == 0:  # inside the writers: their temporary files are removed, not renamed
             raise ValueError(f"no events to evaluate in {[s.path for s in sources]}")
     res = {k: np.concatenate(v) for k, v in acc.items()}
-    methods = {"model": res["pred"], **{k: res[k] for k in references}}
+    methods = {"model": res["output"][:, :2], **{k: res[k] for k in references}}
     metrics = {m: evaluation_metrics(p, res["true"]) for m, p in methods.items()}
     plots.plot_resolution_profiles(
         {m: profiles_of(p, res["true"]) for m, p in methods.items()}, files["profile"]
