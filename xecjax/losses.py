@@ -83,7 +83,8 @@ def pred_vector(pred: jax.Array) -> jax.Array:
 def angular(pred: jax.Array, target: jax.Array) -> jax.Array:
     """1 - cos(opening angle) between predicted and true directions, [B] (dimensionless).
 
-    pred [B, 2 | 4] uses angles_to_vec(theta, phi); pred [B, 5 | 6] its unit vector (columns 2:5).
+    pred [B, 2 | 4] uses angles_to_vec(theta, phi); pred [B, 5 | 6 | 8 | 9] its unit vector
+    (columns 2:5).
     """
     v_true = angles_to_vec(target[..., 0], target[..., 1])
     return 1.0 - (pred_vector(pred) * v_true).sum(-1)
@@ -154,7 +155,8 @@ def vmf(pred: jax.Array, target: jax.Array) -> jax.Array:
     float32 beyond).
 
     Args:
-      pred: [B, 6] (theta, phi, x, y, z, log kappa): unit direction, kappa in 1/rad^2.
+      pred: [B, 6 | 9] (theta, phi, x, y, z, log kappa[, u, v, w]): unit direction, kappa in
+        1/rad^2.
       target: [B, 2] true (theta, phi) in degrees.
     Returns:
       [B] per-sample loss.

@@ -10,7 +10,7 @@ padded last batch (weight 0) or a reweighted sample can be passed as is. The eva
 psi_50 / psi_68 / psi_90 (opening-angle percentiles, `evaluation_metrics`) and resolution
 profiles in bins of the true theta and phi (`resolution_profile`, `profiles_of`).
 
-A predicted uncertainty (Gaussian sigmas of theta, phi: width 4; von Mises-Fisher kappa: width 6)
+A predicted uncertainty (Gaussian sigmas of theta, phi: width 4; von Mises-Fisher kappa: 6 or 9)
 counts only with its coverage measured: `uncertainty_metrics` gives the coverage of the predicted
 68 % / 90 % regions, a calibration curve (observed vs nominal coverage), the pulls (Gaussian) and
 the 68 % opening angle in bins of the predicted one; `uncertainty_columns` the per-event values
@@ -183,7 +183,7 @@ def gaussian_sigmas(pred: np.ndarray) -> np.ndarray:
 
 
 def vmf_kappa(pred: np.ndarray) -> np.ndarray:
-    """[N, 6] predictions -> [N] concentration kappa (1/rad^2) = exp(column 5)."""
+    """[N, 6 | 9] predictions -> [N] concentration kappa (1/rad^2) = exp(column 5)."""
     return np.exp(np.asarray(pred, np.float64)[:, 5])
 
 
@@ -226,7 +226,7 @@ def gaussian_psi_deg(pred: np.ndarray, q: float = RESOLUTION_QUANTILE) -> np.nda
 def uncertainty_columns(pred: np.ndarray) -> dict[str, np.ndarray]:
     """Per-event predicted uncertainty (float32) for the val_tree; {} without one.
 
-    Gaussian (width 4): pred_sigma_theta, pred_sigma_phi (deg). vMF (width 6): pred_kappa
+    Gaussian (width 4): pred_sigma_theta, pred_sigma_phi (deg). vMF (width 6, 9): pred_kappa
     (1/rad^2) and pred_psi68 (deg, the predicted 68 % opening angle).
     """
     pred = np.asarray(pred)
