@@ -4,7 +4,6 @@ A small model (light-weighted mean sensor position -> angles) is exported once w
 xecjax.export; a `--real-data` toy file, named like a PrepareRealData output, is the input.
 """
 
-import importlib.util
 import json
 import re
 from pathlib import Path
@@ -14,6 +13,7 @@ import onnx
 import onnxruntime as ort
 import pytest
 import uproot
+from tool_loader import load_tool
 
 from xecjax.normalise import Normaliser
 from xecjax.rootio import write_tree
@@ -24,13 +24,6 @@ N_EVENTS = 40
 VAL_TREE = {"run_id": np.int32, "event_id": np.int32, **{b: np.float32 for b in (
     "pred_theta", "pred_phi", "true_theta", "true_phi", "opening_angle", "energy_truth",
     "x_truth", "y_truth", "z_truth", "x_vtx", "y_vtx", "z_vtx")}}  # fmt: skip
-
-
-def load_tool(name: str):
-    spec = importlib.util.spec_from_file_location(f"tool_{name}", ROOT / "tools" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 infer_real = load_tool("infer_real")

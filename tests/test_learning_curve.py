@@ -1,6 +1,5 @@
 """tools/learning_curve.py: two sizes of the smoke model on tiny toy sets; argument checks."""
 
-import importlib.util
 import json
 import math
 from pathlib import Path
@@ -8,16 +7,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import uproot
+from tool_loader import load_tool
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIG = f"{ROOT / 'configs' / 'convnext.py'}:smoke"
-
-
-def load_tool(name: str):
-    spec = importlib.util.spec_from_file_location(f"tool_{name}", ROOT / "tools" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 learning_curve = load_tool("learning_curve")
