@@ -7,8 +7,6 @@ the validation pass over a loader.
 
 from __future__ import annotations
 
-from typing import Any
-
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -19,12 +17,6 @@ from jax.sharding import NamedSharding
 
 from xecjax import losses, metrics
 from xecjax.distributed import to_global
-
-
-def _cast(tree: Any, dtype) -> Any:
-    return jax.tree.map(
-        lambda a: a.astype(dtype) if jnp.issubdtype(a.dtype, jnp.floating) else a, tree
-    )
 
 
 def per_sample_loss(loss_fn, point_weight: float):
@@ -43,11 +35,15 @@ def per_sample_loss(loss_fn, point_weight: float):
 def make_train_step(apply_fn, tx, loss_fn, config: ml_collections.ConfigDict):
     """step(state, batch) -> (state, {"loss", "grad_norm", "finite"}).
 
+    apply_fn takes the float32 parameters and input; with config.train.bf16 it is the apply
+    function of a model built with dtype=bfloat16 (xecjax.models.build_model), whose layers
+    cast them to bfloat16 where they compute. Gradients, optimiser state and EMA are float32,
+    and so is the loss (the model output is float32).
+
     A non-finite loss or gradient leaves parameters, EMA and optimiser state unchanged (the host
     then stops or counts the skip), so the in-memory state stays the last good one.
     """
     ema_decay = float(config.optim.ema_decay)
-    compute = jnp.bfloat16 if config.train.bf16 else jnp.float32
     nan_step = int(config.train.debug_nan_step)
     sample_loss = per_sample_loss(loss_fn, float(config.optim.get("point_weight", 0.0)))
 
@@ -55,7 +51,7 @@ def make_train_step(apply_fn, tx, loss_fn, config: ml_collections.ConfigDict):
         rng = jax.random.fold_in(state["rng"], state["step"])
 
         def loss_of(params):
-            pred = apply_fn(_cast(params, compute), batch["x"].astype(compute), True, rng)
+            pred = apply_fn(params, batch["x"], True, rng)
             per_sample = sample_loss(pred.astype(jnp.float32), batch)
             return losses.weighted_mean(per_sample, batch["weight"] * batch["valid"])
 
@@ -80,15 +76,15 @@ def make_train_step(apply_fn, tx, loss_fn, config: ml_collections.ConfigDict):
     return step_fn
 
 
-def make_eval_step(apply_fn, loss_fn, bf16: bool, point_weight: float = 0.0):
-    """eval(params, batch) -> (predictions [B, C] float32, per-sample loss [B])."""
-    compute = jnp.bfloat16 if bf16 else jnp.float32
+def make_eval_step(apply_fn, loss_fn, point_weight: float = 0.0):
+    """eval(params, batch) -> (predictions [B, C] float32, per-sample loss [B]).
+
+    In the compute dtype of apply_fn's model (bfloat16 for validation during a
+    config.train.bf16 run; float32 parameters and input either way)."""
     sample_loss = per_sample_loss(loss_fn, point_weight)
 
     def eval_fn(params, batch):
-        pred = apply_fn(
-            _cast(params, compute), batch["x"].astype(compute), False, jax.random.PRNGKey(0)
-        ).astype(jnp.float32)
+        pred = apply_fn(params, batch["x"], False, jax.random.PRNGKey(0)).astype(jnp.float32)
         return pred, sample_loss(pred, batch)
 
     return eval_fn

@@ -215,7 +215,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
     """
     from flax import nnx
 
-    from xecjax.models import build_model, count_params, make_apply
+    from xecjax.models import build_model, count_params, make_apply, training_dtype
 
     t_start = time.time()
     workdir = Path(workdir)
@@ -262,7 +262,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
         raise ValueError(f"fewer training events than one batch ({config.data.batch_size})")
 
     # --- model + optimizer -------------------------------------------------------------------
-    model = build_model(config.model, rngs=nnx.Rngs(config.train.seed))
+    # bf16: layers compute in bfloat16; params, optimiser, EMA and loss float32 (same init)
+    dtype = training_dtype(config.train.bf16)
+    model = build_model(config.model, rngs=nnx.Rngs(config.train.seed), dtype=dtype)
     params, apply_fn = make_apply(model)
     schedule = make_schedule(config.optim, steps_per_epoch, config.train.epochs)
     tx = make_optimizer(config.optim, schedule)
@@ -299,7 +301,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
         donate_argnums=(0,),
     )
     eval_step = jax.jit(
-        make_eval_step(apply_fn, loss_fn, config.train.bf16, config.optim.point_weight),
+        make_eval_step(apply_fn, loss_fn, config.optim.point_weight),
         in_shardings=(state_sharding["ema"], batch_sharding),
         out_shardings=(batch_sharding, batch_sharding),
     )

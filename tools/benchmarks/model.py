@@ -1,11 +1,12 @@
 """Model throughput: forward (batch 256) and forward + backward + AdamW (batch 32).
 
-  python tools/bench.py model --config configs/convnext.py[:variant] [--quick]
+  python tools/bench.py model --config configs/convnext.py[:variant] [--quick] [--bf16]
 
 Reports params, infer_events_per_s, train_events_per_s (median call; the training mean and
 every step's seconds beside it), compile_s (both jits) and, as `events_per_s`, the training
-throughput. Inputs are random normalised sensor arrays: the cost of the model does not depend
-on the values.
+throughput. --bf16 builds the model as training with config.train.bf16 does (layers compute in
+bfloat16; parameters and optimiser state float32), for both steps; `dtype` says which. Inputs
+are random normalised sensor arrays: the cost of the model does not depend on the values.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ import optax
 from flax import nnx
 
 from xecjax import geometry, native
-from xecjax.models import build_model, count_params, make_apply
+from xecjax.models import build_model, count_params, make_apply, training_dtype
 
 from .onnx import timed
 
@@ -34,6 +35,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--infer-batch", type=int, default=256)
     parser.add_argument("--train-batch", type=int, default=32)
+    parser.add_argument(
+        "--bf16", action="store_true", help="bfloat16 compute, as config.train.bf16 trains"
+    )
 
 
 def load_model_config(spec: str) -> ml_collections.ConfigDict:
@@ -50,7 +54,8 @@ def load_model_config(spec: str) -> ml_collections.ConfigDict:
 
 def run(args: argparse.Namespace) -> dict:
     cfg = load_model_config(args.config)
-    model = build_model(cfg, rngs=nnx.Rngs(0))
+    dtype = training_dtype(args.bf16)  # as xecjax.train builds the model
+    model = build_model(cfg, rngs=nnx.Rngs(0), dtype=dtype)
     params, apply_fn = make_apply(model)
     tx = optax.adamw(1e-4, weight_decay=0.05)
     opt_state = tx.init(params)
@@ -98,6 +103,7 @@ def run(args: argparse.Namespace) -> dict:
     return {
         "config": args.config,
         "params": count_params(params),
+        "dtype": jnp.dtype(dtype).name,
         "infer_events_per_s": round(args.infer_batch / statistics.median(t_inf), 1),
         "train_events_per_s": round(train_eps, 1),
         "train_events_per_s_mean": round(args.train_batch / statistics.mean(t_tr), 1),

@@ -88,8 +88,8 @@ class GraphBlock(nnx.Module):
 class SensorGraphModel(nnx.Module):
     """Graph network over the 4760 sensors; every option from the model config."""
 
-    def __init__(self, cfg: ml_collections.ConfigDict, *, rngs: nnx.Rngs):
-        dtype = compute_dtype(cfg)
+    def __init__(self, cfg: ml_collections.ConfigDict, *, rngs: nnx.Rngs, dtype=jnp.float32):
+        dtype = compute_dtype(cfg, dtype)
         dim, depth = int(cfg.dim), int(cfg.depth)
         if cfg.pooling not in POOLINGS:
             raise ValueError(f"model.pooling must be one of {POOLINGS}, got {cfg.pooling!r}")
@@ -136,6 +136,6 @@ class SensorGraphModel(nnx.Module):
         return direction_output(out, self.output)
 
 
-def build(cfg: ml_collections.ConfigDict, *, rngs: nnx.Rngs) -> SensorGraphModel:
+def build(cfg: ml_collections.ConfigDict, *, rngs: nnx.Rngs, dtype=jnp.float32) -> SensorGraphModel:
     """Entry point used by xecjax.models.build_model for model.name == "graph"."""
-    return SensorGraphModel(cfg, rngs=rngs)
+    return SensorGraphModel(cfg, rngs=rngs, dtype=dtype)

@@ -128,6 +128,7 @@ class GRN(nnx.Module):
         """
         scale = self.factor(x, by_matmul=onnx)
         kernel = dense.kernel[...]
+        # float32 in a bfloat16 model too: one [C] @ [C, D] per call, not per position
         bias = self.beta[...] @ kernel + dense.bias[...]
         folded = (scale[:, :, None] * kernel).astype(x.dtype)
         if onnx:
@@ -261,15 +262,20 @@ def _kernel_grad(x: jax.Array, g: jax.Array, k: int) -> jax.Array:
     b, h, wd, c = x.shape
     p = k // 2
     f32 = jnp.float32
-    eye = jnp.eye(c, dtype=f32)
-    xt = jnp.einsum("cd,bhwc->dbhw", eye, x.astype(f32))
+    dt = jnp.promote_types(x.dtype, g.dtype)  # float32, or bfloat16 in a bfloat16 model
+    eye = jnp.eye(c, dtype=dt)  # exact in bfloat16 too: one nonzero product per output
+    xt = jnp.einsum("cd,bhwc->dbhw", eye, x.astype(dt))
     xt = jnp.pad(xt, ((0, 0), (0, 0), (p, p), (p, p)))  # [C, B, H + 2p, W + 2p]
-    gt = jnp.einsum("cd,bhwc->dbhw", eye, g.astype(f32)).reshape(c, b * h, wd)
+    gt = jnp.einsum("cd,bhwc->dbhw", eye, g.astype(dt)).reshape(c, b * h, wd)
     # g as the left operand ([W, k (W + 2p)] per channel, not its transpose): the same sums,
-    # 10.7 against 14.3 ms for this product alone on the 32 x 46 x 21 x 64 map
-    m = jnp.einsum("cnw,cnv->cwv", gt, _row_shifts(xt, k)).reshape(c, wd, k, wd + 2 * p)
+    # 10.7 against 14.3 ms for this product alone on the 32 x 46 x 21 x 64 map. The sums over
+    # B * H accumulate in float32 (bfloat16 operands in a bfloat16 model).
+    m = jnp.einsum("cnw,cnv->cwv", gt, _row_shifts(xt, k), preferred_element_type=f32)
+    m = m.reshape(c, wd, k, wd + 2 * p)
     tap, valid = _toeplitz_index(wd, k)
     diag = (tap[:, :, None] == np.arange(k)) & (valid[:, :, None] > 0)  # [W + 2p, W, k]
+    # float32 in a bfloat16 model too: a 0/1 selection sum of the float32 m, whose cost does
+    # not grow with the batch (C W k (W + 2p) k multiply-adds)
     return jnp.einsum("cwiv,vwj->ijc", m, jnp.asarray(diag, f32))
 
 

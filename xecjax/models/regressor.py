@@ -41,20 +41,21 @@ OUTER_MODES = ("finegrid", "split")
 OUTPUTS = ("angles", "vector", "point")
 
 
-def compute_dtype(cfg: ml_collections.ConfigDict):
-    """float32: the modules always compute in float32.
+def compute_dtype(cfg: ml_collections.ConfigDict, dtype=jnp.float32):
+    """The compute dtype of the layers: `dtype` (xecjax.models.build_model's argument,
+    bfloat16 only when training with config.train.bf16), float32 by default.
 
-    bfloat16 compute has one switch, config.train.bf16 (training casts parameters and inputs);
-    the model config, which travels into checkpoints and ONNX files, does not carry one. A
-    config that still names another model.dtype is refused rather than silently ignored.
+    The model config, which travels into checkpoints and ONNX files, does not carry one (the
+    parameters are float32 in both, and evaluation and export compute in float32). A config
+    that still names another model.dtype is refused rather than silently ignored.
     """
-    dtype = cfg.get("dtype", "float32")
-    if dtype != "float32":
+    name = cfg.get("dtype", "float32")
+    if name != "float32":
         raise ValueError(
-            f"model.dtype = {dtype!r}: bfloat16 compute is set by config.train.bf16 only "
-            "(the model itself computes in float32, for evaluation and ONNX export)"
+            f"model.dtype = {name!r}: bfloat16 compute is set by config.train.bf16 only "
+            "(the model config is float32, for evaluation and ONNX export)"
         )
-    return jnp.float32
+    return jnp.dtype(dtype)
 
 
 def output_kind(cfg: ml_collections.ConfigDict) -> str:
@@ -124,8 +125,8 @@ def gather_faces(x: jax.Array, outer_mode: str) -> dict[str, jax.Array]:
 class XECRegressor(nnx.Module):
     """The reference regressor; every architectural option comes from the model config."""
 
-    def __init__(self, cfg: ml_collections.ConfigDict, *, rngs: nnx.Rngs):
-        dtype = compute_dtype(cfg)
+    def __init__(self, cfg: ml_collections.ConfigDict, *, rngs: nnx.Rngs, dtype=jnp.float32):
+        dtype = compute_dtype(cfg, dtype)
         self.outer_mode = str(cfg.outer_mode)
         self.tokens = token_names(self.outer_mode)
         d = int(cfg.d_model)
@@ -181,7 +182,10 @@ class XECRegressor(nnx.Module):
         """x [B, 4760, 2] normalised -> [B, 2 | 4] float32 (degrees; log sigma in log-degrees)."""
         check_input(x)
         r_cnn, r_hex, r_fusion, r_head = split_rng(rng, 4)
-        faces = gather_faces(x.astype(self.dtype), self.outer_mode)
+        # faces gathered (and the outer fine grid pooled) in float32, then cast to the compute
+        # dtype; the point head's light path keeps the float32 inner face
+        faces32 = gather_faces(x.astype(jnp.float32), self.outer_mode)
+        faces = {n: f.astype(self.dtype) for n, f in faces32.items()}
         # One backbone / hex-encoder call per face. (Batch-concatenating equal-shape faces
         # exports with wrong symbolic batch sizes in jax2onnx 0.17 and ONNX Runtime rejects it.)
         names = [n for n in self.tokens if n not in ("top", "bottom")]
@@ -199,7 +203,7 @@ class XECRegressor(nnx.Module):
             tokens = layer(tokens, train=train, rng=key)
         flat = tokens.reshape(tokens.shape[0], -1)
         if self.output == "point":
-            light = faces["inner"][..., 0]
+            light = faces32["inner"][..., 0]
             return self.head(flat, inner_map, light, train=train, rng=r_head)
         out = self.head(flat, train=train, rng=r_head).astype(jnp.float32)
         return direction_output(out, self.output)
@@ -254,8 +258,15 @@ class RegressionHead(nnx.Module):
         )
 
     def __call__(self, x: jax.Array, *, train: bool, rng: jax.Array | None) -> jax.Array:
-        h = gelu(self.norm(self.fc1(x)))
-        return self.fc2(dropout(h, self.dropout, train=train, rng=rng))
+        """x [B, din] -> [B, dout] float32."""
+        h = dropout(gelu(self.norm(self.fc1(x))), self.dropout, train=train, rng=rng)
+        if h.dtype == jnp.float32:
+            return self.fc2(h)
+        # bfloat16 compute: the output layer's product accumulated and returned in float32,
+        # plus the float32 bias. Its outputs are degrees around 90 (bfloat16 steps of 0.5 deg
+        # there), unit-vector components or cm: a bfloat16 result or bias would quantise them.
+        kernel = self.fc2.kernel[...].astype(h.dtype)
+        return jnp.matmul(h, kernel, preferred_element_type=jnp.float32) + self.fc2.bias[...]
 
 
 def to_first_map_grid(image):
@@ -328,14 +339,14 @@ class PointHead(nnx.Module):
         light = to_first_map_grid(light.astype(jnp.float32)[..., None])
         logits = self.logit(fmap).reshape(b, h * w).astype(jnp.float32)
         logits = logits + self.light_scale[...] * light.reshape(b, h * w)
-        weights = jax.nn.softmax(logits, axis=-1)
+        weights = jax.nn.softmax(logits, axis=-1)  # float32
+        # the soft-argmax coordinates: a float32 sum in a bfloat16 model too (cm; B P 2 terms)
         uv = weights @ jnp.asarray(pixel_uv.reshape(h * w, 2))
-        local = jnp.einsum("bp,bpc->bc", weights, fmap.reshape(b, h * w, c).astype(jnp.float32))
+        # the soft-argmax-pooled features: in the compute dtype, as the MLP they feed
+        local = jnp.einsum("bp,bpc->bc", weights.astype(fmap.dtype), fmap.reshape(b, h * w, c))
         extra = self.mlp(
-            jnp.concatenate([tokens.astype(jnp.float32), local], -1).astype(tokens.dtype),
-            train=train,
-            rng=rng,
-        ).astype(jnp.float32)
+            jnp.concatenate([tokens, local.astype(tokens.dtype)], -1), train=train, rng=rng
+        )  # float32
         uvw = jnp.stack([uv[:, 0] + extra[:, 0], uv[:, 1] + extra[:, 1],
                          jax.nn.softplus(extra[:, 2])], -1)  # fmt: skip
         out = direction_output(
@@ -344,6 +355,6 @@ class PointHead(nnx.Module):
         return jnp.concatenate([out, uvw], -1)
 
 
-def build(cfg: ml_collections.ConfigDict, *, rngs: nnx.Rngs) -> XECRegressor:
+def build(cfg: ml_collections.ConfigDict, *, rngs: nnx.Rngs, dtype=jnp.float32) -> XECRegressor:
     """Entry point used by xecjax.models.build_model for model.name == "regressor"."""
-    return XECRegressor(cfg, rngs=rngs)
+    return XECRegressor(cfg, rngs=rngs, dtype=dtype)
