@@ -146,7 +146,7 @@ def test_run_scan_dry_run(tmp_path):
 def test_start_jupyter_dry_run():
     res = _run(TOOLS / "start_jupyter.sh", "--dry-run", "gpu", "02:00:00", "8888")
     assert res.returncode == 0, res.stderr
-    assert "jupyter lab --no-browser --ip=0.0.0.0 --port=8888" in res.stdout
+    assert 'jupyter lab --no-browser --ip="$(hostname)" --port=8888' in res.stdout
     assert "#SBATCH --partition=gpu" in res.stdout and "ssh -N -L 8888:" in res.stdout
     bad = _run(TOOLS / "start_jupyter.sh", "--dry-run", "gpu", "02:00:00", "80")
     assert bad.returncode == 2 and "PORT" in bad.stderr

@@ -61,7 +61,9 @@ set -euo pipefail
 cd $(printf '%q' "$repo")
 # shellcheck source=/dev/null
 source env_setting/activate.sh  # the environment of this node's architecture
-jupyter lab --no-browser --ip=0.0.0.0 --port=$port
+# listen on the node's own name only (what the tunnel from the login node connects to), not
+# on every interface of the node
+jupyter lab --no-browser --ip=\"\$(hostname)\" --port=$port
 "
 
 if [[ $dry_run -eq 1 ]]; then
