@@ -85,7 +85,15 @@ def test_split_by_file(toy):
     assert len({make_split(toy, seed=s).val[0].path for s in range(12)}) > 1  # seed matters
     assert len({make_split(toy, seed=s).test[0].path for s in range(12)}) > 1
     recorded = json.loads(json.dumps(a.to_dict()))
-    assert set(recorded) == {"train", "val", "test"} and Split.from_dict(recorded) == a
+    assert set(recorded) == {"train", "val", "test", "files"} and Split.from_dict(recorded) == a
+    # every file's fingerprint (size, mtime), checked by verify
+    assert recorded["files"] == {
+        f: [os.stat(f).st_size, os.stat(f).st_mtime_ns] for f in _paths(a.train + a.val + a.test)
+    }
+    a.verify()
+    old = {k: v for k, v in recorded.items() if k != "files"}  # recorded before fingerprints
+    assert Split.from_dict(old).files == {}
+    Split.from_dict(old).verify()  # nothing to compare
     two = make_split(toy, seed=3, test_fraction=0.0)  # no test part: the split of before
     assert len(two.val) == 1 and len(two.train) == 2 and two.test == []
     assert two.val == a.val  # the same validation file with and without a test part

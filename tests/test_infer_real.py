@@ -187,6 +187,7 @@ def bad_model(path: Path, batch="N", shape=(10,), dtype=onnx.TensorProto.FLOAT, 
         ("wide_output", "output shape ['N', 4760]"),
         ("missing_input", "does not exist"),
         ("no_sensor_branches", "has no branch 'npho'"),
+        ("truncated_input", "cut_1-2.root"),  # a copy cut short (transfer or disk full)
     ],
 )
 def test_bad_inputs_give_clear_errors_and_no_output(case, message, model, real_file, tmp_path,
@@ -211,6 +212,10 @@ def test_bad_inputs_give_clear_errors_and_no_output(case, message, model, real_f
     elif case == "no_sensor_branches":
         input_path = tmp_path / "reco_only.root"
         write_tree(input_path, {"run": np.zeros(3, np.int32), "emiAng": np.zeros((3, 2), "f4")})
+    elif case == "truncated_input":
+        input_path = tmp_path / "cut_1-2.root"
+        data = Path(real_file).read_bytes()
+        input_path.write_bytes(data[: len(data) // 2])
     before = set(tmp_path.iterdir())
     rc, out = run(["--onnx", str(onnx_path), "--input", str(input_path), "--output",
                    str(tmp_path / "out.root")], capsys)  # fmt: skip

@@ -8,6 +8,7 @@ an MLflow store and a persistent compilation cache (identical configs compile on
 
 import json
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -39,6 +40,19 @@ METRICS = (
     "epoch_time",
     "events_per_s",
     "system/rss_mb",
+    # the reference's names
+    "val_smooth_l1",
+    "val_l1",
+    "val_mse",
+    "val_cos_res",
+    "system/ram_used_gb",
+    "system/ram_percent",
+    "system/process_ram_gb",
+    "system/epoch_duration_sec",
+    "system/throughput_events_per_sec",
+    "system/avg_data_load_sec",
+    "system/avg_batch_process_sec",
+    "system/compute_efficiency",
 )
 NAN_STEP = 5
 
@@ -113,8 +127,10 @@ def subprocess_env(base: Path, **extra) -> dict:
     )
 
 
-def restore_last(path, like=None):
-    """(params, meta) of the `last` checkpoint of a run, onto this process's first device.
+def restore_last(path, like=None, items=("params",)):
+    """(params, meta) of the `last` checkpoint of a run, onto this process's first device;
+    with several `items` ("params", "ema", "train": optimiser state, step, rng) a dict of them
+    instead of params.
 
     `like`: a params pytree giving the structure (needed when the checkpoint was written on
     other devices than the current ones).
@@ -128,17 +144,44 @@ def restore_last(path, like=None):
         device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
         target = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=device),
                               like)  # fmt: skip
-    args = ocp.args.Composite(params=ocp.args.StandardRestore(target))
+    args = ocp.args.Composite(
+        **{k: ocp.args.StandardRestore(target if k != "train" else None) for k in items}
+    )
     out = ckpt.managers["last"].restore(step, args=args)
     ckpt.close()
-    return out["params"], meta
+    if items == ("params",):
+        return out["params"], meta
+    return {k: out[k] for k in items}, meta
+
+
+EVERYTHING = ("params", "ema", "train")  # the whole training state of a checkpoint
 
 
 def max_diff(a, b) -> float:
     return max(
-        float(np.abs(np.asarray(x) - np.asarray(y)).max())
+        float(np.abs(np.asarray(x, np.float64) - np.asarray(y, np.float64)).max())
         for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True)
     )
+
+
+def tensorboard_tags(directory: Path) -> dict[str, list[tuple[int, float]]]:
+    """{tag: [(step, value)]} of the scalars in the TensorBoard event files of a directory
+    (TFRecord: length u64, crc u32, payload, crc u32; payloads are tensorboard Event protos)."""
+    import struct
+
+    from tensorboardX.proto import event_pb2
+
+    tags: dict[str, list[tuple[int, float]]] = {}
+    for path in sorted(directory.glob("events.out.tfevents.*")):
+        raw = path.read_bytes()
+        i = 0
+        while i < len(raw):
+            (n,) = struct.unpack("<Q", raw[i : i + 8])
+            event = event_pb2.Event.FromString(raw[i + 12 : i + 12 + n])
+            i += 12 + n + 4
+            for v in event.summary.value:
+                tags.setdefault(v.tag, []).append((event.step, v.simple_value))
+    return tags
 
 
 def test_smoke_run_lowers_the_loss_and_writes_everything(base, runs):
@@ -155,7 +198,21 @@ def test_smoke_run_lowers_the_loss_and_writes_everything(base, runs):
     assert read_meta(work, "best")[1]["best"]["val_resolution_deg"] == pytest.approx(
         min(h["val_resolution_deg"] for h in meta["history"])
     )
-    assert list((work / "tb").glob("events.out.tfevents.*"))
+    tags = tensorboard_tags(work / "tb")
+    # the reference's tags (per epoch) beside ours; the per-step values under train/
+    for tag in ("loss/train", "loss/val", "lr", "train_loss", "val_loss", "val_cos_res"):
+        assert [e for e, _ in tags[tag]] == [0, 1, 2, 3], tag
+    assert [v for _, v in tags["loss/val"]] == pytest.approx(
+        [h["val_loss"] for h in meta["history"]]
+    )
+    assert "train/step_loss" in tags and "train/step_lr" in tags
+    last = meta["history"][-1]
+    # 1 - cos psi <= 1 - cos of the 68 % opening angle for 68 % of the events
+    assert 0 < last["val_cos_res"] < 1 and last["val_l1"] > 0
+    assert last["val_mse"] >= last["val_l1"] ** 2 - 1e-9  # Jensen, mean of squares >= square
+    assert last["val_smooth_l1"] <= last["val_l1"]  # beta 1: smooth_l1 <= l1 elementwise
+    assert 0 <= last["system/compute_efficiency"] <= 1
+    assert last["system/throughput_events_per_sec"] > 0
 
     from mlflow.tracking import MlflowClient
 
@@ -184,10 +241,12 @@ def test_smoke_run_lowers_the_loss_and_writes_everything(base, runs):
 
 
 def test_resume_two_plus_two_epochs_equals_four(base, runs):
-    params_a, meta_a = restore_last(base / "A")
-    params_b, meta_b = restore_last(base / "B")
+    state_a, meta_a = restore_last(base / "A", items=EVERYTHING)
+    state_b, meta_b = restore_last(base / "B", items=EVERYTHING)
     assert meta_b["position"] == meta_a["position"]
-    assert max_diff(params_a, params_b) < 1e-6
+    for item in EVERYTHING:  # parameters, EMA, optimiser state, step and rng
+        assert max_diff(state_a[item], state_b[item]) < 1e-6, item
+    assert max_diff(state_a["params"], state_a["ema"]) > 1e-4  # EMA is not the parameters
     assert meta_b["nonfinite_skipped"] == 1
     # the resumed part logged into the MLflow run of the first part
     assert (
@@ -195,15 +254,127 @@ def test_resume_two_plus_two_epochs_equals_four(base, runs):
     )
 
 
+def test_a_workdir_with_checkpoints_is_refused_without_resume(base, runs):
+    step = read_meta(base / "A", "last")[0]
+    with pytest.raises(FileExistsError, match="already holds checkpoints.*resume=auto"):
+        train_and_evaluate(smoke_config(base), base / "A")
+    assert read_meta(base / "A", "last")[0] == step  # untouched
+
+
+@pytest.mark.parametrize(
+    ("key", "value"),
+    [
+        ("model.cnn_dims", (8, 16)),  # another model
+        ("optim.lr", 1e-3),  # the schedule
+        ("data.batch_size", 8),  # the batch plan
+        ("data.shuffle_buffer", 100),
+        ("train.seed", 7),
+        ("train.epochs", 6),
+        ("norm.npho_scale", 123.0),
+    ],
+)
+def test_resume_refuses_a_changed_config_naming_the_key(base, runs, tmp_path, key, value):
+    shutil.copytree(base / "B_after_2_epochs" / "checkpoints", tmp_path / "checkpoints")
+    config = smoke_config(base, resume="auto")
+    section, name = key.split(".")
+    config[section][name] = value
+    with pytest.raises(ValueError, match=rf"differs from the checkpoint's in {re.escape(key)} \("):
+        train_and_evaluate(config, tmp_path)
+    assert not (tmp_path / "summary.json").exists()
+
+
+def test_resume_override_and_safe_keys_let_a_changed_config_resume(base, runs, tmp_path):
+    shutil.copytree(base / "B_after_2_epochs" / "checkpoints", tmp_path / "checkpoints")
+    # stop_after_epoch 2: nothing left to train, the resume itself is what is tested
+    config = smoke_config(base, resume="auto", stop_after_epoch=2, log_every=7)
+    config.optim.lr, config.train.epochs = 1e-3, 6
+    with pytest.raises(ValueError, match=r"in optim\.lr .*, train\.epochs .*resume_override="):
+        train_and_evaluate(config, tmp_path)
+    config.resume_override = "optim.lr, train"  # a key and a whole section
+    config.tracking.experiment = "another"  # never compared
+    summary = train_and_evaluate(config, tmp_path)
+    assert summary["status"] == "FINISHED" and summary["epochs_done"] == 2
+
+
+def test_resume_refuses_a_data_file_that_changed(base, runs, tmp_path):
+    """The recorded split keeps size and mtime of every file: resuming (or evaluating) on a
+    file rewritten since would silently read other events."""
+    from xecjax.evaluate import evaluation_sources
+    from xecjax.rootio import DataError
+    from xecjax.simulate import write_toy_files
+
+    write_toy_files(tmp_path / "d", 3 * 24, n_files=3, seed=5)
+    config = smoke_config(base, stop_after_epoch=1)
+    config.data.path = str(tmp_path / "d")
+    config.data.batch_size = 8
+    work = tmp_path / "run"
+    train_and_evaluate(config, work)
+    meta = read_meta(work, "last")[1]
+    assert sorted(meta["split"]["files"]) == sorted(str(f) for f in (tmp_path / "d").glob("*"))
+    changed = meta["split"]["test"][0]["path"]
+    os.utime(changed, ns=(0, 10**18))  # same bytes, another modification time
+    config.resume = "auto"
+    with pytest.raises(DataError, match=rf"{changed}: file of the split recorded .* changed"):
+        train_and_evaluate(config, work)
+    with pytest.raises(DataError, match=rf"{changed}: file of the split recorded in"):
+        evaluation_sources(meta, split="test", workdir=work)
+    os.unlink(changed)
+    with pytest.raises(DataError, match=rf"{changed}: file of .* is gone"):
+        evaluation_sources(meta, split="val", workdir=work)
+
+
+def test_resume_from_another_runs_checkpoint_path(base, runs):
+    """resume=PATH: a new workdir continues from another run's `last` and ends where the run
+    that resumed in place (B) did."""
+    work = base / "from_path"
+    summary = train_and_evaluate(
+        smoke_config(base, resume=str(base / "B_after_2_epochs" / "checkpoints" / "last")), work
+    )
+    assert summary["status"] == "FINISHED"
+    state, meta = restore_last(work, items=EVERYTHING)
+    state_b, meta_b = restore_last(base / "B", items=EVERYTHING)
+    assert meta["position"] == meta_b["position"] == {"epoch": 4, "batch": 0}
+    for item in EVERYTHING:
+        assert max_diff(state[item], state_b[item]) < 1e-6, item
+    assert [h["epoch"] for h in meta["history"]] == [0, 1, 2, 3]  # the history came along
+    assert read_meta(base / "B_after_2_epochs", "last")[1]["position"]["epoch"] == 2  # untouched
+
+
 def test_load_for_inference_gives_the_best_ema_model(base, runs):
+    """`best` holds the EMA model of the epoch with the lowest validation psi 68: validating
+    what load_for_inference returns reproduces that epoch's recorded value; its default is
+    the checkpoint's EMA item, ema=False its raw parameters."""
+    import orbax.checkpoint as ocp
+
+    from xecjax import losses
+    from xecjax.steps import evaluate, make_eval_step
+    from xecjax.train import make_data
+
     model_cfg, normaliser, params, apply_fn = load_for_inference(base / "A", "best")
     assert model_cfg.name == "regressor"
-    assert normaliser.to_dict() == read_meta(base / "A", "best")[1]["normaliser"]
-    ema = load_for_inference(base / "A", "best", ema=True)[2]
+    step, meta = read_meta(base / "A", "best")
+    assert normaliser.to_dict() == meta["normaliser"]
     raw = load_for_inference(base / "A", "best", ema=False)[2]
-    assert max_diff(params, ema) == 0 and max_diff(params, raw) > 0
-    x = jax.ShapeDtypeStruct((3, 4760, 2), np.float32)
-    assert jax.eval_shape(lambda p, x: apply_fn(p, x, False, None), params, x).shape == (3, 2)
+    ckpt = Checkpointer(base / "A")
+    stored = ckpt.managers["best"].restore(step, args=ocp.args.Composite(
+        ema=ocp.args.StandardRestore(None), params=ocp.args.StandardRestore(None)))  # fmt: skip
+    ckpt.close()
+    assert max_diff(params, stored["ema"]) == 0 and max_diff(raw, stored["params"]) == 0
+    assert max_diff(params, raw) > 1e-4
+    history = read_meta(base / "A", "last")[1]["history"]
+    best_epoch = min(history, key=lambda h: h["val_resolution_deg"])
+    assert meta["best"]["epoch"] == best_epoch["epoch"]
+    assert step == (best_epoch["epoch"] + 1) * (runs["A"]["step"] // 4)
+    config = smoke_config(base)
+    data = make_data(config, meta)
+    sharding = jax.sharding.NamedSharding(
+        jax.sharding.Mesh(np.array(jax.devices()[:1]), ("data",)), jax.sharding.PartitionSpec()
+    )
+    loss_fn = losses.get_loss(config.optim.loss, config.optim.beta)
+    eval_step = jax.jit(make_eval_step(apply_fn, loss_fn))
+    again = evaluate(eval_step, params, data["val"], sharding)
+    assert again["val_resolution_deg"] == pytest.approx(best_epoch["val_resolution_deg"], 1e-5)
+    assert again["val_loss"] == pytest.approx(best_epoch["val_loss"], 1e-5)
 
 
 def test_nan_guard_stops_with_the_step_range_and_keeps_the_checkpoint(base, runs):
@@ -218,7 +389,11 @@ def test_nan_guard_stops_with_the_step_range_and_keeps_the_checkpoint(base, runs
 
 
 def test_two_fake_devices_give_the_parameters_of_one(base, runs):
-    env = subprocess_env(base, XLA_FLAGS="--xla_force_host_platform_device_count=2")
+    # also the one training of the suite under the system allocator (the entry points and the
+    # other tests keep freed memory in the heap, xecjax.distributed.keep_freed_host_memory)
+    env = subprocess_env(
+        base, XLA_FLAGS="--xla_force_host_platform_device_count=2", XECJAX_SYSTEM_MALLOC="1"
+    )
     cmd = train_command(base, base / "two_devices", stop_after_epoch=2)
     done = subprocess.run(cmd, env=env, cwd=base, capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stderr[-3000:]
@@ -293,12 +468,17 @@ def test_sigterm_saves_a_resumable_checkpoint_and_exits_75(base, runs):
     step, meta = read_meta(work, "last")
     assert step == summary["step"] > 0
     epoch, batch = meta["position"]["epoch"], meta["position"]["batch"]
-    # resumable (here on 1 device): continue from that exact position to the end of its epoch
-    config = smoke_config(base, resume="auto", stop_after_epoch=epoch + 1)
-    resumed = train_and_evaluate(config, work)
-    assert resumed["status"] == "FINISHED" and resumed["step"] > step
-    assert read_meta(work, "last")[1]["position"] == {"epoch": epoch + 1, "batch": 0}
-    del batch
+    # resumable (here on 1 device) from that exact position, mid-epoch as a rule: to the end,
+    # it gives the state of the uninterrupted run A (2 devices then 1: float32 reductions in
+    # another order, hence not bit for bit)
+    print(f"preempted at epoch {epoch}, batch {batch}")
+    resumed = train_and_evaluate(smoke_config(base, resume="auto"), work)
+    assert resumed["status"] == "FINISHED" and resumed["step"] == runs["A"]["step"]
+    assert read_meta(work, "last")[1]["position"] == {"epoch": 4, "batch": 0}
+    state, _ = restore_last(work, items=EVERYTHING)
+    state_a, _ = restore_last(base / "A", items=EVERYTHING)
+    for item in EVERYTHING:
+        assert max_diff(state_a[item], state[item]) < 1e-4, item
 
 
 def test_config_overrides_parse_and_unknown_keys_are_rejected(capsys):

@@ -150,6 +150,11 @@ def experiment_config(
     c.variant = variant
     c.model = get_model_config(variant)
     c.resume = ""  # "" = fresh (refuses a workdir with checkpoints) | auto | PATH
+    # Resume refuses a config that differs from the checkpoint's in a key that changes the
+    # model, the data, the batch plan or the schedule (xecjax.train.RESUME_SAFE lists those it
+    # ignores). Comma-separated keys or sections allowed to differ anyway, e.g.
+    # "train.epochs,optim.lr": the schedule then changes from the resumed step on.
+    c.resume_override = ""
     events, files, batch, epochs, peak_lr = SIZES[variant]
     lr = (lr or {}).get(variant, peak_lr)
 

@@ -209,6 +209,7 @@ def evaluation_sources(meta: dict, data=None, split: str = "test", workdir="the 
 
     recorded = Split.from_dict(meta["split"])
     if data is None:
+        recorded.verify(f"the split recorded in {workdir}")
         if split not in SPLITS:
             raise ValueError(f"split must be one of {'|'.join(SPLITS)}, got {split!r}")
         sources = getattr(recorded, split)

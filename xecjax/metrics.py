@@ -4,6 +4,9 @@ The reference metric names, shared by training (per-epoch validation) and evalua
   theta_bias, theta_rms, theta_skew   of d_theta = pred - true (degrees)
   phi_bias, phi_rms, phi_skew         of d_phi = wrap(pred - true) into [-180, 180) (degrees)
   val_resolution_deg                  68th percentile of the opening angle (degrees)
+  val_smooth_l1, val_l1, val_mse      the reference's losses of (theta, phi) in degrees,
+  val_cos_res                         and 1 - cos(psi), whatever the training loss is
+                                      (`reference_losses`)
 `rms` is the standard deviation around the bias (ROOT's TH1::GetRMS convention), `skew` the
 standardised third moment. All statistics are weighted by optional per-event weights, so that a
 padded last batch (weight 0) or a reweighted sample can be passed as is. The evaluation adds
@@ -97,6 +100,31 @@ def angle_metrics(
     n = pred.shape[0] if weight is None else int(np.count_nonzero(np.asarray(weight) > 0))
     out["n_events"] = float(n)
     return out
+
+
+def reference_losses(pred: np.ndarray, true: np.ndarray, beta: float = 1.0) -> dict[str, float]:
+    """The reference's validation losses, unweighted means over events (degrees as given):
+    smooth_l1 (transition beta) / l1 / mse of (theta, phi), each the mean of its two columns
+    (torch's elementwise losses, mean over dim 1), and cos = 1 - cos(opening angle).
+
+    pred [N, >=2], true [N, 2] (theta, phi) in degrees. Keys are the reference's metric names
+    val_smooth_l1, val_l1, val_mse, val_cos_res. phi is not wrapped (neither is the reference).
+    """
+    pred = np.asarray(pred, np.float64)[:, :2]
+    true = np.asarray(true, np.float64)[:, :2]
+    if len(pred) == 0:
+        return dict.fromkeys(("val_smooth_l1", "val_l1", "val_mse", "val_cos_res"), float("nan"))
+    d = np.abs(pred - true)
+    smooth = np.where(d < beta, 0.5 * d * d / beta, d - 0.5 * beta) if beta > 0 else d
+    cos = np.sum(
+        angles_to_vec(pred[:, 0], pred[:, 1]) * angles_to_vec(true[:, 0], true[:, 1]), axis=-1
+    )
+    return {
+        "val_smooth_l1": float(smooth.mean()),
+        "val_l1": float(d.mean()),
+        "val_mse": float((d * d).mean()),
+        "val_cos_res": float((1.0 - np.clip(cos, -1.0, 1.0)).mean()),
+    }
 
 
 def evaluation_metrics(pred: np.ndarray, true: np.ndarray, weight=None) -> dict[str, float]:

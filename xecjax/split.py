@@ -35,25 +35,61 @@ class Source:
         return self.stop - self.start
 
 
+def fingerprint(path: str) -> list[int]:
+    """[size in bytes, modification time in ns] of a file: what `Split.verify` compares."""
+    st = os.stat(path)
+    return [st.st_size, st.st_mtime_ns]
+
+
 @dataclasses.dataclass
 class Split:
     """Training, validation and test sources; record `to_dict()` with every run.
 
     `test` is empty when no test part was asked for (test_fraction 0) and in runs recorded
-    before the test split existed.
+    before the test split existed. `files` maps every file of the split to its fingerprint
+    (size, modification time) when the split was made; `verify` refuses a file that changed
+    since (empty in runs recorded before fingerprints existed: nothing to compare).
     """
 
     train: list[Source]
     val: list[Source]
     test: list[Source] = dataclasses.field(default_factory=list)
+    files: dict[str, list[int]] = dataclasses.field(default_factory=dict)
 
-    def to_dict(self) -> dict[str, list[dict[str, Any]]]:
-        return {k: [dataclasses.asdict(s) for s in getattr(self, k)] for k in PARTS}
+    def paths(self) -> list[str]:
+        """Every file of the split once, in order of appearance."""
+        return list(dict.fromkeys(s.path for k in PARTS for s in getattr(self, k)))
+
+    def with_fingerprints(self) -> Split:
+        """This split with the current size and modification time of each of its files."""
+        return dataclasses.replace(self, files={f: fingerprint(f) for f in self.paths()})
+
+    def verify(self, what: str = "the recorded split") -> None:
+        """Raise DataError naming the file when one recorded in `files` is gone or changed
+        (size or modification time) since the split was made: resuming or evaluating on other
+        events than the run recorded would be silent otherwise."""
+        for path, recorded in self.files.items():
+            if not os.path.exists(path):
+                raise DataError(f"{path}: file of {what} is gone")
+            now = fingerprint(path)
+            if now != list(recorded):
+                raise DataError(
+                    f"{path}: file of {what} changed since the split was made (size, mtime ns "
+                    f"{recorded[0]}, {recorded[1]} then, {now[0]}, {now[1]} now): the events "
+                    "may differ; restore the file, or start a new run on the new data"
+                )
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {k: [dataclasses.asdict(s) for s in getattr(self, k)] for k in PARTS}
+        out["files"] = {f: list(v) for f, v in self.files.items()}
+        return out
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> Split:
-        """The inverse of to_dict; a dict without "test" (an older run) gives an empty test."""
-        return cls(*([Source(**s) for s in d.get(k, [])] for k in PARTS))
+        """The inverse of to_dict; a dict without "test" (an older run) gives an empty test,
+        one without "files" no fingerprints."""
+        parts = ([Source(**s) for s in d.get(k, [])] for k in PARTS)
+        return cls(*parts, files={f: list(v) for f, v in d.get("files", {}).items()})
 
 
 def _whole(files: Sequence[str], tree: str) -> list[Source]:
@@ -135,7 +171,7 @@ def make_split(
             f"val_fraction {val_fraction}, test_fraction {test_fraction}"
         )
     if train is not None or val is not None or test is not None:
-        return _explicit(files, train, val, test, val_fraction, seed, tree)
+        return _explicit(files, train, val, test, val_fraction, seed, tree).with_fingerprints()
     files = discover_files(files)
     n_parts = 3 if test_fraction > 0 else 2
     if len(files) >= n_parts:
@@ -144,7 +180,7 @@ def make_split(
         va = sorted(files[i] for i in perm[:n_val])  # as before the test part existed
         te = sorted(files[i] for i in perm[n_val : n_val + n_test])
         tr = [f for f in files if f not in set(va) | set(te)]
-        return Split(_whole(tr, tree), _whole(va, tree), _whole(te, tree))
+        return Split(_whole(tr, tree), _whole(va, tree), _whole(te, tree)).with_fingerprints()
     split = Split([], [], [])
     for f in files:  # too few files: every file by event range
         n = num_entries(f, tree)
@@ -156,4 +192,4 @@ def make_split(
         split.val.append(Source(f, cut_val, cut_test))
         if n_test:
             split.test.append(Source(f, cut_test, n))
-    return split
+    return split.with_fingerprints()

@@ -90,8 +90,11 @@ def make_eval_step(apply_fn, loss_fn, point_weight: float = 0.0):
     return eval_fn
 
 
-def evaluate(eval_step, params, loader, batch_sharding: NamedSharding) -> dict[str, float]:
-    """val_loss (the training loss on EMA parameters) and the angle metrics over the val set."""
+def evaluate(
+    eval_step, params, loader, batch_sharding: NamedSharding, beta: float = 1.0
+) -> dict[str, float]:
+    """val_loss (the training loss on EMA parameters), the angle metrics and the reference's
+    val_smooth_l1 (transition `beta`), val_l1, val_mse and val_cos_res over the val set."""
     preds, trues, per_sample, weights, valid = [], [], [], [], []
     for local in loader.epoch(0):  # the same number of batches on every process
         batch = to_global(local, batch_sharding)
@@ -111,5 +114,6 @@ def evaluate(eval_step, params, loader, batch_sharding: NamedSharding) -> dict[s
     w = np.concatenate(weights) * ok
     loss = np.concatenate(per_sample)
     out = metrics.angle_metrics(pred[ok], true[ok])
+    out.update(metrics.reference_losses(pred[ok], true[ok], beta))
     out["val_loss"] = float(np.where(w > 0, w * loss, 0.0).sum() / max(w.sum(), 1e-12))
     return out

@@ -6,7 +6,11 @@ concurrent runs): default `sqlite:///mlruns.db` in the working directory, artifa
 `mlruns/` folder beside the database, experiment `gamma_angle`. The run id is kept in the
 checkpoint, so a resumed run logs into the same MLflow run. Metric names are those of the
 reference: train_loss, val_loss, theta_bias, theta_rms, theta_skew, phi_bias, phi_rms, phi_skew,
-val_resolution_deg, lr, epoch_time, events_per_s and system/* (memory).
+val_resolution_deg, val_smooth_l1, val_l1, val_mse, val_cos_res, lr and system/* (memory,
+epoch duration, throughput, data-loading share), besides names of ours (epoch_time,
+events_per_s, system/rss_mb ...). TensorBoard gets every name, plus the reference's tags
+loss/train and loss/val (per epoch, TB_ALIASES); the per-step values are train/step_loss and
+train/step_lr (global step).
 
 Browse: `mlflow ui --backend-store-uri sqlite:///mlruns.db` ; `tensorboard --logdir runs`.
 """
@@ -21,6 +25,10 @@ from typing import Any
 
 import jax
 import psutil
+
+# The reference's TensorBoard tags of per-epoch metrics (its "lr" is ours too); each metric is
+# also written under its own name.
+TB_ALIASES = {"train_loss": "loss/train", "val_loss": "loss/val"}
 
 # MLflow limits: 100 params and 1000 metrics per log_batch call, 6000 characters a param value.
 _MAX_PARAMS, _MAX_METRICS, _MAX_PARAM_CHARS = 100, 1000, 6000
@@ -45,17 +53,54 @@ def flatten_config(cfg: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
 
 
 def system_metrics() -> dict[str, float]:
-    """Host memory (MiB, %) of this process and, where the backend reports it, device memory."""
+    """Host memory of this process and of the node and, where the backend reports it (GPUs),
+    device memory: the reference's names (system/ram_used_gb, system/ram_percent,
+    system/process_ram_gb; system/memory_allocated_GB, memory_reserved_GB, memory_peak_GB,
+    gpu_utilization_pct (allocated / total, a fraction as the reference logs it),
+    memory_fragmentation) and ours (system/rss_mb, ram_used_percent, cpu_percent,
+    device_mem_mb, device_peak_mem_mb)."""
     proc = psutil.Process()
+    rss, vm = proc.memory_info().rss, psutil.virtual_memory()
     out = {
-        "system/rss_mb": proc.memory_info().rss / 2**20,
-        "system/ram_used_percent": psutil.virtual_memory().percent,
+        "system/rss_mb": rss / 2**20,
+        "system/ram_used_percent": vm.percent,
         "system/cpu_percent": psutil.cpu_percent(interval=None),
+        "system/ram_used_gb": vm.used / 1e9,
+        "system/ram_percent": vm.percent,
+        "system/process_ram_gb": rss / 1e9,
     }
     stats = jax.local_devices()[0].memory_stats()  # None on CPU
     if stats:
-        out["system/device_mem_mb"] = stats.get("bytes_in_use", 0) / 2**20
-        out["system/device_peak_mem_mb"] = stats.get("peak_bytes_in_use", 0) / 2**20
+        used, peak = stats.get("bytes_in_use", 0), stats.get("peak_bytes_in_use", 0)
+        total = stats.get("bytes_limit", 0)
+        reserved = stats.get("pool_bytes") or stats.get("bytes_reserved") or total
+        out["system/device_mem_mb"] = used / 2**20
+        out["system/device_peak_mem_mb"] = peak / 2**20
+        out["system/memory_allocated_GB"] = used / 1e9
+        out["system/memory_reserved_GB"] = reserved / 1e9
+        out["system/memory_peak_GB"] = peak / 1e9
+        out["system/gpu_utilization_pct"] = used / max(total, 1)
+        out["system/memory_fragmentation"] = (reserved - used) / max(reserved, 1)
+    return out
+
+
+def throughput_metrics(
+    events: int, load_s: list[float], batch_s: list[float], epoch_s: float
+) -> dict[str, float]:
+    """The reference's per-epoch speed metrics from per-batch timings (seconds): time waiting
+    for the data loader, whole step time (loader wait included) and the epoch's wall time.
+
+    system/throughput_events_per_sec (events / sum of step times), avg_data_load_sec,
+    avg_batch_process_sec, compute_efficiency (1 - load / step: the share of a step not spent
+    waiting for data), epoch_duration_sec.
+    """
+    out = {"system/epoch_duration_sec": float(epoch_s)}
+    if batch_s:
+        load, step = float(sum(load_s) / len(load_s)), float(sum(batch_s) / len(batch_s))
+        out["system/throughput_events_per_sec"] = events / max(sum(batch_s), 1e-12)
+        out["system/avg_data_load_sec"] = load
+        out["system/avg_batch_process_sec"] = step
+        out["system/compute_efficiency"] = 1.0 - load / step if step > 0 else float("nan")
     return out
 
 
@@ -139,6 +184,8 @@ class Tracker:
         if self._tb is not None:
             for k, v in metrics.items():
                 self._tb.add_scalar(k, float(v), int(step))
+                if k in TB_ALIASES:  # the reference's TensorBoard tags too
+                    self._tb.add_scalar(TB_ALIASES[k], float(v), int(step))
             self._tb.flush()
 
     def log_scalars_tb(self, metrics: Mapping[str, float], step: int) -> None:

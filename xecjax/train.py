@@ -47,7 +47,13 @@ from xecjax.distributed import (
 )
 from xecjax.optim import make_optimizer, make_schedule
 from xecjax.steps import evaluate, make_eval_step, make_train_step
-from xecjax.tracking import Tracker, plot_history, system_metrics
+from xecjax.tracking import (
+    Tracker,
+    flatten_config,
+    plot_history,
+    system_metrics,
+    throughput_metrics,
+)
 
 # Steps between the processes' agreement on a stop request (SIGTERM) in multi-process runs.
 # Slurm signals 120 s before the time limit: 20 steps are seconds on a GPU.
@@ -91,6 +97,55 @@ def toy_data_files(cfg: ml_collections.ConfigDict) -> list[str]:
     return sorted(str(p) for p in out.glob("*.root"))
 
 
+# Config keys (or whole sections) that may differ on resume: they change neither the model,
+# the data, the batch plan nor the schedule. Every other key must equal the checkpoint's
+# unless config.resume_override names it (or its section).
+RESUME_SAFE = (
+    "resume",
+    "resume_override",
+    "variant",
+    "tracking",
+    "data.toy_dir",
+    "data.prefetch",
+    "data.workers",
+    "train.stop_after_epoch",
+    "train.eval_every",
+    "train.log_every",
+    "train.checkpoint_every_steps",
+    "train.nan_policy",
+    "train.export_onnx",
+    "train.progress",
+)
+
+
+def _covered(key: str, prefixes) -> bool:
+    return any(key == p or key.startswith(p + ".") for p in prefixes)
+
+
+def check_resume_config(saved: dict, config: ml_collections.ConfigDict, where) -> None:
+    """Refuse to resume with a config that differs from the checkpoint's (`saved`) in a
+    resume-critical key: the model, the data and its split, normalisation, batch size, chunk
+    size, shuffle buffer, seed, epochs, the optimiser and the schedule would otherwise change
+    silently mid-run. Keys in RESUME_SAFE and in config.resume_override are not compared;
+    keys that exist on one side only (options added since the checkpoint) are not either.
+    """
+    allowed = RESUME_SAFE + tuple(
+        k.strip() for k in str(config.get("resume_override", "")).split(",") if k.strip()
+    )
+    now = flatten_config(json.loads(json.dumps(config.to_dict())))  # tuples -> lists, as saved
+    before = flatten_config(saved)
+    diff = sorted(k for k in now.keys() & before.keys()
+                  if now[k] != before[k] and not _covered(k, allowed))  # fmt: skip
+    if diff:
+        raise ValueError(
+            f"resume from {where}: the config differs from the checkpoint's in "
+            + ", ".join(f"{k} ({before[k]} -> {now[k]})" for k in diff)
+            + ". Resume with the checkpoint's values, or name the keys that may change in "
+            f"--config.resume_override={','.join(diff)} (the batch plan or the schedule then "
+            "changes from the resumed step on)"
+        )
+
+
 def make_data(config: ml_collections.ConfigDict, meta: dict[str, Any] | None) -> dict[str, Any]:
     """Split, normaliser, reweighter and the per-process train/val loaders.
 
@@ -104,6 +159,7 @@ def make_data(config: ml_collections.ConfigDict, meta: dict[str, Any] | None) ->
     d = config.data
     if meta is not None:
         split = Split.from_dict(meta["split"])
+        split.verify("the split recorded in the checkpoint")
         normaliser = Normaliser.from_dict(meta["normaliser"])
         reweighter = Reweighter.from_dict(meta["reweighter"]) if meta["reweighter"] else None
     else:
@@ -250,12 +306,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
     meta = None
     if source is not None:
         _, meta = read_meta(source.root / "last", "last")
-        model_now = json.loads(json.dumps(config.model.to_dict()))  # tuples -> lists, as saved
-        if meta["config"]["model"] != model_now:
-            raise ValueError(
-                f"config.model differs from the checkpoint's in {source.root}: "
-                f"{meta['config']['model']} != {model_now}"
-            )
+        check_resume_config(meta["config"], config, source.root)
     data = make_data(config, meta)
     steps_per_epoch = data["train"].num_batches()  # the same on every process
     if steps_per_epoch == 0:
@@ -378,11 +429,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
         with Preemption() as preemption:
             for epoch in range(start_epoch, stop_epoch):
                 t_epoch, epoch_losses = time.time(), []
+                load_s, batch_s = [], []  # per step: waiting for the loader, the whole step
                 first = start_batch if epoch == start_epoch else 0
                 bar = _progress(config, is_main, epoch, steps_per_epoch, first)
                 batches = data["train"].epoch(epoch, skip_batches=first)
+                t_batch = time.perf_counter()
                 for b in range(first, steps_per_epoch):
                     local = next(batches)
+                    load_s.append(time.perf_counter() - t_batch)
                     step_no, host_step = host_step, host_step + 1
                     state, m = train_step(state, to_global(local, batch_sharding))
                     pending.append((step_no, m))
@@ -397,7 +451,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
                             tracker.log_scalars_tb(
                                 {
                                     "train/step_loss": np.mean(window),
-                                    "lr": float(schedule(step_no)),
+                                    "train/step_lr": float(schedule(step_no)),
                                 },
                                 step_no,
                             )
@@ -405,6 +459,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
                             bar.set_postfix(loss=f"{np.mean(window):.4g}" if window else "nan")
                     if bar is not None:
                         bar.update(1)
+                    batch_s.append(time.perf_counter() - t_batch)
+                    t_batch = time.perf_counter()
                     every = config.train.checkpoint_every_steps
                     # several processes agree on the flag with a collective (a host-device
                     # sync): only every STOP_CHECK_STEPS steps, the same steps everywhere
@@ -433,8 +489,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
                     "nonfinite_skipped": skipped,
                 }
                 last_epoch = epoch + 1 == config.train.epochs
+                row.update(throughput_metrics(
+                    n_events, load_s, batch_s, row["epoch_time"]))  # fmt: skip
                 if (epoch + 1) % config.train.eval_every == 0 or last_epoch:
-                    row.update(evaluate(eval_step, state["ema"], data["val"], batch_sharding))
+                    row.update(evaluate(eval_step, state["ema"], data["val"], batch_sharding,
+                                        beta=config.optim.beta))  # fmt: skip
                 row.update(system_metrics())
                 history.append(row)
                 # checkpoints first: a tracking failure must never cost the epoch's checkpoint
