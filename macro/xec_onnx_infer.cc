@@ -8,7 +8,8 @@
 //   anything else   text, whitespace-separated numbers (numpy: np.savetxt(path, x.reshape(N, -1)))
 // What the values must be (normalised features, or raw npho and relative_time) is stated in the
 // model metadata `input_kind`; this program prints it. It runs the events in batches of B
-// (default: all at once) and prints one line per event: "<index> <theta_deg> <phi_deg>".
+// (default: all at once) and prints one line per event: "<index> <theta_deg> <phi_deg>", then
+// the other outputs of a multi-task model (energy_GeV, timing_ns, u_cm v_cm w_cm) if present.
 // This is the pattern the MEG II analyzer follows; see macro/README.md for the build.
 
 #include <onnxruntime_cxx_api.h>
@@ -21,6 +22,7 @@
 #include <sstream>
 #include <stdexcept>
 #include <string>
+#include <utility>
 #include <vector>
 
 namespace {
@@ -62,16 +64,19 @@ std::vector<float> ReadEvents(const std::string &path)
    return values;
 }
 
-// The contract of DESIGN.md section 9: input `input` [batch, 4760, 2], output `output` [batch, 2].
-void CheckModel(Ort::Session &session)
+// The contract of DESIGN.md section 9: input `input` [batch, 4760, 2], output `output` [batch, 2];
+// a multi-task model (xecjax.tasks) has more outputs after it: output_energy [batch, 1] (GeV),
+// output_timing [batch, 1] (ns), output_uvw [batch, 3] (cm). Returns the output names and
+// widths, in the model's order.
+std::vector<std::pair<std::string, int64_t>> CheckModel(Ort::Session &session)
 {
    Ort::AllocatorWithDefaultOptions alloc;
-   if (session.GetInputCount() != 1 || session.GetOutputCount() != 1)
-      throw std::runtime_error("model must have exactly one input and one output");
+   if (session.GetInputCount() != 1 || session.GetOutputCount() < 1)
+      throw std::runtime_error("model must have exactly one input and at least one output");
    const std::string in = session.GetInputNameAllocated(0, alloc).get();
    const std::string out = session.GetOutputNameAllocated(0, alloc).get();
    if (in != "input" || out != "output")
-      throw std::runtime_error("model input/output are '" + in + "'/'" + out +
+      throw std::runtime_error("model input/first output are '" + in + "'/'" + out +
                                "', expected 'input'/'output'");
    // the TypeInfo objects own what their tensor infos point to: keep them alive
    const Ort::TypeInfo inType = session.GetInputTypeInfo(0);
@@ -80,12 +85,24 @@ void CheckModel(Ort::Session &session)
    if (shape.size() != 3 || shape[1] != kSensors || shape[2] != kChannels ||
        inInfo.GetElementType() != ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT)
       throw std::runtime_error("model input is not float32 (batch_size, 4760, 2)");
-   const Ort::TypeInfo outType = session.GetOutputTypeInfo(0);
-   const auto outInfo = outType.GetTensorTypeAndShapeInfo();
-   const auto outShape = outInfo.GetShape();
-   if (outShape.size() != 2 || outShape[1] != 2 ||
-       outInfo.GetElementType() != ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT)
-      throw std::runtime_error("model output is not float32 (batch_size, 2)");
+   std::vector<std::pair<std::string, int64_t>> outputs;
+   for (size_t k = 0; k < session.GetOutputCount(); ++k) {
+      const std::string name = session.GetOutputNameAllocated(k, alloc).get();
+      int64_t want = 0;
+      if (name == "output") want = 2;
+      else if (name == "output_energy" || name == "output_timing") want = 1;
+      else if (name == "output_uvw") want = 3;
+      const Ort::TypeInfo outType = session.GetOutputTypeInfo(k);
+      const auto outInfo = outType.GetTensorTypeAndShapeInfo();
+      const auto outShape = outInfo.GetShape();
+      if (want == 0 || outShape.size() != 2 || outShape[1] != want ||
+          outInfo.GetElementType() != ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT)
+         throw std::runtime_error("model output '" + name + "' is not one of float32 output "
+                                  "(batch_size, 2), output_energy / output_timing "
+                                  "(batch_size, 1), output_uvw (batch_size, 3)");
+      outputs.emplace_back(name, want);
+   }
+   return outputs;
 }
 
 // A whole positive number from a command-line option, or a runtime_error naming the option.
@@ -148,26 +165,41 @@ int main(int argc, char **argv)
       options.SetIntraOpNumThreads(threads);
       options.SetGraphOptimizationLevel(GraphOptimizationLevel::ORT_ENABLE_ALL);
       Ort::Session session(env, modelPath.c_str(), options);
-      CheckModel(session);
+      const auto outputSpec = CheckModel(session);
       PrintMetadata(session);
 
       std::vector<float> events = ReadEvents(inputPath);
       const int64_t n = static_cast<int64_t>(events.size()) / kPerEvent;
       if (batch <= 0) batch = n;
       const char *inputNames[] = {"input"};
-      const char *outputNames[] = {"output"};
+      std::vector<const char *> outputNames;
+      std::string header = "# index theta_deg phi_deg";
+      for (const auto &[name, width] : outputSpec) {
+         outputNames.push_back(name.c_str());
+         if (name == "output_energy") header += " energy_GeV";
+         else if (name == "output_timing") header += " timing_ns";
+         else if (name == "output_uvw") header += " u_cm v_cm w_cm";
+      }
       Ort::MemoryInfo memory = Ort::MemoryInfo::CreateCpu(OrtArenaAllocator, OrtMemTypeDefault);
-      std::printf("# index theta_deg phi_deg\n");
+      std::printf("%s\n", header.c_str());
       for (int64_t start = 0; start < n; start += batch) {
          const int64_t b = std::min(batch, n - start);
          const int64_t shape[] = {b, kSensors, kChannels};
          Ort::Value input = Ort::Value::CreateTensor<float>(
             memory, events.data() + start * kPerEvent, b * kPerEvent, shape, 3);
-         auto outputs = session.Run(Ort::RunOptions{nullptr}, inputNames, &input, 1, outputNames, 1);
-         const float *angles = outputs[0].GetTensorData<float>();
-         for (int64_t k = 0; k < b; ++k)
-            std::printf("%lld %.6f %.6f\n", static_cast<long long>(start + k), angles[2 * k],
-                        angles[2 * k + 1]);
+         auto outputs = session.Run(Ort::RunOptions{nullptr}, inputNames, &input, 1,
+                                    outputNames.data(), outputNames.size());
+         for (int64_t k = 0; k < b; ++k) {
+            std::printf("%lld", static_cast<long long>(start + k));
+            for (size_t o = 0; o < outputs.size(); ++o) {  // every output, in the model's order
+               const float *values = outputs[o].GetTensorData<float>();
+               const int64_t width = outputSpec[o].second;
+               // angles in degrees with 6 decimals, the task outputs with 7 significant digits
+               for (int64_t j = 0; j < width; ++j)
+                  std::printf(o == 0 ? " %.6f" : " %.7g", values[width * k + j]);
+            }
+            std::printf("\n");
+         }
       }
    } catch (const std::exception &e) {  // Ort::Exception derives from std::exception
       std::cerr << "xec_onnx_infer: " << e.what() << "\n";

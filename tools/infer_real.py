@@ -7,7 +7,8 @@
 Inputs are files made by macro/PrepareRealData.C (or `xecjax.simulate --real-data`): tree `tree`
 with the per-sensor branches the model's Normaliser reads (stored in the ONNX metadata; `--norm`
 overrides a parameter, with a warning when it differs) and the reconstructed quantities. The
-output tree `val_tree` has the branches of DESIGN.md section 8 (xecjax.evaluate.val_tree_columns);
+output tree `val_tree` has the branches of DESIGN.md section 8 (xecjax.evaluate.val_tree_columns)
+and, for a multi-task model, pred_energy, pred_timing, pred_u, pred_v, pred_w of its other outputs;
 on data the "truth" columns hold the conventional reconstruction: true_theta/true_phi <- emiAng
 (positron vertex -> reconstructed gamma position), energy_truth <- energyReco, x/y/z_truth <-
 xyzRecoFI, x/y/z_vtx <- xyzVTX, opening_angle = angle between prediction and emiAng (degrees).
@@ -36,6 +37,7 @@ from pathlib import Path
 
 import numpy as np
 
+from xecjax import tasks
 from xecjax.distributed import keep_freed_host_memory
 from xecjax.evaluate import val_tree_columns
 from xecjax.geometry import N_SENSORS
@@ -117,6 +119,14 @@ def check_signature(session, path) -> None:
         raise ValueError(f"{where}: model output shape {out_shape}; expected (N, 2)")
     if outputs[0].type != "tensor(float)":
         raise ValueError(f"{where}: model output type {outputs[0].type}; expected float32")
+    for o in outputs[1:]:  # a multi-task model: output_energy (N, 1), ..., output_uvw (N, 3)
+        task = o.name.removeprefix("output_")
+        want = tasks.WIDTH.get(task) if o.name.startswith("output_") else None
+        if want is None or len(o.shape) != 2 or o.shape[1] != want:
+            raise ValueError(
+                f"{where}: model output {o.name!r} {o.shape}; expected output_<task> (N, width) "
+                f"of the tasks {dict(tasks.WIDTH)}"
+            )
 
 
 def resolve_normaliser(metadata: dict[str, str], overrides: dict[str, str], path: str = ""):
@@ -239,6 +249,7 @@ def run_inference(session, plan, normaliser: Normaliser, raw: bool, output: str 
                 trees.pop(path).file.close()
 
     name = session.get_inputs()[0].name
+    outputs = [o.name for o in session.get_outputs()]
     bar = tqdm(total=sum(n for _, n, _ in plan), unit="ev", desc="infer",
                disable=True if not progress else None)  # fmt: skip
     done = 0
@@ -250,10 +261,12 @@ def run_inference(session, plan, normaliser: Normaliser, raw: bool, output: str 
                 if i + 1 < len(tasks):  # read and normalise the next chunk while this one runs
                     ahead = pool.submit(load, tasks[i + 1])
                 try:
-                    pred = np.concatenate([
-                        session.run(None, {name: x[b : b + batch_size]})[0][:, :2]
-                        for b in range(0, len(x), batch_size)
-                    ]).astype(np.float32)  # fmt: skip
+                    runs = [session.run(None, {name: x[b : b + batch_size]})
+                            for b in range(0, len(x), batch_size)]  # fmt: skip
+                    pred = np.concatenate([r[0][:, :2] for r in runs]).astype(np.float32)
+                    # the other outputs of a multi-task model: output_energy, ... (xecjax.tasks)
+                    heads = {o.removeprefix("output_"): np.concatenate([r[k] for r in runs])
+                             for k, o in enumerate(outputs) if k > 0}  # fmt: skip
                 except Exception as e:  # onnxruntime's own errors: a message, not a traceback
                     src, start, stop = tasks[i][:3]
                     raise RuntimeError(
@@ -261,7 +274,7 @@ def run_inference(session, plan, normaliser: Normaliser, raw: bool, output: str 
                     ) from None
                 cols = val_tree_columns(
                     pred, reco["emiAng"], reco["run"], reco["event"], reco["energyReco"],
-                    reco["xyzRecoFI"], reco["xyzVTX"],
+                    reco["xyzRecoFI"], reco["xyzVTX"], heads,
                 )  # fmt: skip
                 if "emiAng" not in present:  # no reference direction: no opening angle
                     cols["opening_angle"][:] = 0

@@ -19,6 +19,8 @@ from typing import Any
 
 import ml_collections
 
+from xecjax.tasks import task_config
+
 
 # ----------------------------------------------------------------------------------------------
 def load_config(spec: str) -> ml_collections.ConfigDict:
@@ -149,6 +151,11 @@ def experiment_config(
     c = ml_collections.ConfigDict()
     c.variant = variant
     c.model = get_model_config(variant)
+    # Heads of the tasks beside the angle: set from config.tasks when training starts
+    # (xecjax.tasks.configure_model), so that they travel with the model config.
+    c.model.tasks = ()
+    c.model.task_norm = ml_collections.ConfigDict()
+    c.tasks = task_config()
     c.resume = ""  # "" = fresh (refuses a workdir with checkpoints) | auto | PATH
     # Resume refuses a config that differs from the checkpoint's in a key that changes the
     # model, the data, the batch plan or the schedule (xecjax.train.RESUME_SAFE lists those it
@@ -167,6 +174,7 @@ def experiment_config(
     c.data.toy_files = files
     c.data.toy_seed = 0
     c.data.toy_vertex = "point"  # point | slanted | flat (see xecjax.simulate)
+    c.data.toy_energy_mev = (52.8, 52.8)  # gamma energy, uniform in [lo, hi] MeV
     # Explicit files (file specs as for path). Set: used as they are; a missing train or val is
     # the rest of path; a missing test is the rest of path when train and val are both set (else
     # none); test alone: the rest of path split into train and val. Without path, set both train

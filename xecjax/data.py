@@ -79,6 +79,8 @@ TRUTH = {
     "energy": ("energyTruth", ()),
 }
 IDS = {"run": ("run", ()), "event": ("event", ())}
+# the targets of the tasks beside the angle (xecjax.tasks) that TRUTH does not already hold
+TASK_TARGETS = {"timing": ("timeTruth", ()), "uvw": ("uvwTruth", (3,))}
 _BLOCK = 32  # events normalised and copied into the pool at a time (~1.2 MB, stays in cache)
 
 
@@ -171,6 +173,8 @@ class Loader:
     A batch is a dict of NumPy arrays (B = batch_size): "x" float32 [B, 4760, 2] (Normaliser
     output); with truth=True "angles" float32 [B, 2] (theta, phi in degrees, from emiAng),
     "emiVec" [B, 3], "xyzVTX" [B, 3] cm, "xyzTruth" [B, 3] cm, "energy" [B] GeV (energyTruth);
+    with `targets` (tasks beside the angle, xecjax.tasks) also "timing" [B] ns (timeTruth) and
+    "uvw" [B, 3] cm (uvwTruth), float32, filtered for finite values like the truth;
     always "run", "event" int32 [B], "weight" float32 [B] (1 unless reweighting, 0 on padding),
     "valid" bool [B]; plus `extra_branches` (e.g. reconstructed quantities of real data) under
     their own names. With drop_remainder=False the last batch is padded to B rows (valid False,
@@ -200,6 +204,7 @@ class Loader:
         workers: int = 2,
         truth: bool = True,
         extra_branches: Sequence[str] = (),
+        targets: Sequence[str] = (),
         tree: str = "tree",
         process_index: int = 0,
         process_count: int = 1,
@@ -232,7 +237,13 @@ class Loader:
         self.reweighter, self.fiducial, self.channel_dropout = reweighter, fiducial, channel_dropout
         self.prefetch, self.workers = int(prefetch), int(workers)
         self.truth, self.tree = truth, tree
-        self._fields = {**IDS, **(TRUTH if truth else {}), **{b: (b, None) for b in extra_branches}}
+        unknown = [t for t in targets if t not in TASK_TARGETS and t not in TRUTH]
+        if unknown or (targets and not truth):
+            raise ValueError(f"Loader targets {list(targets)}: need truth=True and names of "
+                             f"{list(TRUTH) + list(TASK_TARGETS)}")  # fmt: skip
+        self._targets = {t: TASK_TARGETS[t] for t in targets if t in TASK_TARGETS}
+        self._fields = {**IDS, **(TRUTH if truth else {}), **self._targets,
+                        **{b: (b, None) for b in extra_branches}}  # fmt: skip
         self._sources = list(sources)
         self._records: list[dict[str, Any]] = []
         self._chunks: list[_Chunk] = []
@@ -273,7 +284,8 @@ class Loader:
 
     def _keep(self, src: Source, rec: dict) -> np.ndarray | None:
         """Entries of src with finite truth (and inside the fiducial volume); None: all."""
-        shapes = {b: s for b, s in TRUTH.values()} | ({"uvwTruth": (3,)} if self.fiducial else {})
+        shapes = {b: s for b, s in (*TRUTH.values(), *self._targets.values())}
+        shapes |= {"uvwTruth": (3,)} if self.fiducial else {}
         masks = []
         for arrs in read_per_event(src.path, src.start, src.stop, shapes, self.tree):
             n = len(arrs["emiAng"])
@@ -518,7 +530,7 @@ class Loader:
                 np.int32
                 if key in IDS
                 else np.float32
-                if key in TRUTH
+                if key in TRUTH or key in self._targets
                 else v.dtype.newbyteorder("=")
             )
         w = self.reweighter(out["angles"]) if self.reweighter is not None else None

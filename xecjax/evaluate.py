@@ -56,7 +56,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from xecjax import plots
+from xecjax import plots, tasks
 from xecjax.distributed import keep_freed_host_memory
 from xecjax.geometry import N_SENSORS, vec_to_angles
 from xecjax.metrics import (
@@ -84,13 +84,17 @@ TRUTH_POINT = "truth_point_floor"
 # ----------------------------------------------------------------------------------------------
 # Output files that other tools share.
 # ----------------------------------------------------------------------------------------------
-def val_tree_columns(pred, true, run, event, energy, xyz_truth, xyz_vtx) -> dict[str, np.ndarray]:
+def val_tree_columns(
+    pred, true, run, event, energy, xyz_truth, xyz_vtx, task_pred=None, task_true=None
+) -> dict[str, np.ndarray]:
     """Columns of tree val_tree (DESIGN.md section 8) for one chunk of N events.
 
     pred [N, >=2] model output ((theta, phi) deg first), true [N, 2]; run, event [N]; energy
     [N] GeV; xyz_truth, xyz_vtx [N, 3] cm. Returns {branch: array [N]} in the order of
     VAL_TREE_DTYPES (run_id, event_id int32, the rest float32); opening_angle in degrees. A pred
-    with a predicted uncertainty (width 4, 6 or 9) adds metrics.uncertainty_columns (float32).
+    with a predicted uncertainty (width 4, 6 or 9) adds metrics.uncertainty_columns (float32);
+    task_pred / task_true ({task: [N, width]}, xecjax.tasks) add pred_ / true_ energy, timing,
+    u, v, w.
     """
     pred, true = np.asarray(pred), np.asarray(true)
     xyz_truth, xyz_vtx = np.asarray(xyz_truth), np.asarray(xyz_vtx)
@@ -104,6 +108,8 @@ def val_tree_columns(pred, true, run, event, energy, xyz_truth, xyz_vtx) -> dict
     }  # fmt: skip
     out = {k: np.asarray(cols[k], dt) for k, dt in VAL_TREE_DTYPES.items()}
     out.update({k: np.asarray(v, np.float32) for k, v in uncertainty_columns(pred).items()})
+    if task_pred:
+        out.update(tasks.columns(task_pred, task_true))
     return out
 
 
@@ -231,17 +237,49 @@ def evaluation_sources(meta: dict, data=None, split: str = "test", workdir="the 
     return [Source(f, 0, num_entries(f)) for f in files]
 
 
-def baseline_angles(npho, vtx) -> dict[str, np.ndarray]:
+def baseline_angles(npho, vtx, fit_info: dict | None = None) -> dict[str, np.ndarray]:
     """(theta, phi) [N, 2] deg of each conventional method (BASELINES) from raw npho [N, 4760]
-    and the event vertices [N, 3] cm (the fit from the vertex: baseline_fit_vertex)."""
+    and the event vertices [N, 3] cm (the fit from the vertex: baseline_fit_vertex). fit_info,
+    a dict, receives the point-source fit's "uvw" [N, 3] cm and the photon sum of the valid
+    sensors "photon_sum" [N] (the baselines of the tasks beside the angle, task_baselines)."""
     from xecjax import baseline
 
-    fit = baseline.fit_point_source(npho)
+    fit, info = baseline.fit_point_source(npho, return_info=True)
+    if fit_info is not None:
+        valid = np.isfinite(npho) & (np.asarray(npho) < 1e9)  # dead channels: 1e10 or NaN
+        fit_info.update(uvw=np.asarray(info["uvw"]), photon_sum=np.where(valid, npho, 0).sum(1))
     return {
         "baseline_fit": baseline.direction(fit),
         "baseline_centroid": baseline.direction(baseline.centroid(npho)),
         "baseline_fit_vertex": baseline.direction(fit, vtx),
     }
+
+
+def task_baselines(fit: dict[str, np.ndarray], true: dict[str, np.ndarray]) -> dict[str, dict]:
+    """The conventional estimate of each task beside the angle that has one, as metrics
+    (xecjax.tasks.metrics) against `true` ({task: [N, width]}):
+
+    energy: the photon sum of all valid sensors times a calibration quadratic in the fitted
+      depth w (3 constants, least squares of E / sum on these events; the toy's light
+      collection falls with depth);
+    uvw: the point-source fit's light centre, its median offset from the true conversion point
+      (the shower depth) removed on these events (three constants).
+    Both calibrations use the evaluated events themselves (6 constants in all, not a
+    resolution). Timing has no conventional estimate here yet.
+    """
+    out = {}
+    if "energy" in true:
+        e = np.asarray(true["energy"], np.float64).ravel()
+        total, w = fit["photon_sum"].astype(np.float64), fit["uvw"][:, 2].astype(np.float64)
+        ok = total > 0
+        design = np.stack([np.ones_like(w), w, w * w], 1)
+        coef = np.linalg.lstsq(design[ok], e[ok] / total[ok], rcond=None)[0]
+        out["energy"] = tasks.metrics("energy", (design @ coef * total)[:, None], e[:, None])
+    if "uvw" in true:
+        t = np.asarray(true["uvw"], np.float64)
+        u = fit["uvw"].astype(np.float64)
+        out["uvw"] = tasks.metrics("uvw", u - np.median(u - t, axis=0), t)
+    return out
 
 
 def _rate(batches: list[tuple[int, float]]) -> float | None:
@@ -294,6 +332,7 @@ def evaluate_run(
     sources = evaluation_sources(meta, data, split, workdir)  # before anything is written
     model_cfg, normaliser, params, apply_fn = load_for_inference(workdir, which, ema)
     cfg = meta["config"]
+    task_names = tasks.model_tasks(model_cfg)  # heads beside the angle: their outputs too
     loader = Loader(
         sources,
         normaliser,
@@ -302,6 +341,7 @@ def evaluate_run(
         drop_remainder=False,
         fiducial=cfg["data"].get("fiducial", False),
         extra_branches=("npho",) if with_baseline else (),
+        targets=task_names,
     )
     out = Path(out_dir) if out_dir else workdir / f"evaluation_{which}{'' if ema else '_raw'}"
     out.mkdir(parents=True, exist_ok=True)
@@ -318,8 +358,11 @@ def evaluate_run(
         "md": out / "summary.md",
     }
     predict, saliency_fn = make_predict_and_saliency(apply_fn)
+    predict_tasks = jax.jit(lambda p, x: apply_fn(p, x, False, None, tasks=True)[1])
     references = (*BASELINES, TRUTH_POINT) if with_baseline else ()
     acc: dict[str, list] = {k: [] for k in ("output", "true", *references)}
+    task_acc = {f"{k}_{n}": [] for n in task_names for k in ("pred", "true")}
+    fit_acc: list[dict] = []  # the point-source fit's uvw and yield (task baselines)
     sal_sum, n_sal, example = np.zeros((2, N_SENSORS, 2)), 0, {}
     worst = WorstEvents(n_worst)
     timing = {"model": [], "baseline": []}  # per batch (events, seconds)
@@ -345,16 +388,26 @@ def evaluate_run(
             output = pred[ok].astype(np.float32)  # [n, C]: theta, phi (+ uncertainty columns)
             pred = output[:, :2]
             true, ids = b["angles"], (b["run"], b["event"])
-            tree.extend(
-                val_tree_columns(output, true, *ids, b["energy"], b["xyzTruth"], b["xyzVTX"])
-            )
+            t_pred, t_true = {}, {}
+            if task_names:  # a second forward pass for the task heads (angle path unchanged)
+                heads = predict_tasks(params, batch["x"])
+                t_pred = {n: np.asarray(heads[n])[ok] for n in task_names}
+                t_true = {n: b[n] for n in task_names}
+                for n in task_names:
+                    task_acc[f"pred_{n}"].append(t_pred[n])
+                    task_acc[f"true_{n}"].append(t_true[n])
+            tree.extend(val_tree_columns(output, true, *ids, b["energy"], b["xyzTruth"],
+                                         b["xyzVTX"], t_pred, t_true))  # fmt: skip
             rows.writerows(zip(*(np.round(a, 5) for a in (*true.T, *pred.T)), *ids, strict=True))
             acc["output"].append(output)
             acc["true"].append(true)
             if with_baseline:  # on the whole padded batch: one jitted shape
                 t = time.time()
-                for k, v in baseline_angles(batch["npho"], batch["xyzVTX"]).items():
+                info = {}
+                for k, v in baseline_angles(batch["npho"], batch["xyzVTX"], info).items():
                     acc[k].append(v[ok])
+                if task_names:
+                    fit_acc.append({k: v[ok] for k, v in info.items()})
                 timing["baseline"].append((n_ok, time.time() - t))
                 acc[TRUTH_POINT].append(vec_to_angles(b["xyzTruth"].astype(np.float64)))
             worst.offer(opening_angles(pred, true), batch["x"][ok], true, pred, *ids)
@@ -362,6 +415,17 @@ def evaluate_run(
         if n_done == 0:  # inside the writers: their temporary files are removed, not renamed
             raise ValueError(f"no events to evaluate in {[s.path for s in sources]}")
     res = {k: np.concatenate(v) for k, v in acc.items()}
+    task_metrics = {
+        n: tasks.metrics(
+            n, np.concatenate(task_acc[f"pred_{n}"]), np.concatenate(task_acc[f"true_{n}"])
+        )  # fmt: skip
+        for n in task_names
+    }
+    if fit_acc and task_metrics:
+        fits = {k: np.concatenate([f[k] for f in fit_acc]) for k in fit_acc[0]}
+        trues = {n: np.concatenate(task_acc[f"true_{n}"]) for n in task_names}
+        for n, m in task_baselines(fits, trues).items():
+            task_metrics[f"baseline_{n}"] = m
     methods = {"model": res["output"][:, :2], **{k: res[k] for k in references}}
     metrics = {m: evaluation_metrics(p, res["true"]) for m, p in methods.items()}
     plots.plot_resolution_profiles(
@@ -393,6 +457,7 @@ def evaluate_run(
         "val_resolution_deg": metrics["model"]["val_resolution_deg"],
         "metrics": metrics,
         **({"uncertainty": uncertainty} if uncertainty is not None else {}),
+        **({"tasks": task_metrics} if task_metrics else {}),
         "saliency_per_face": {
             f"{o}/{c}": dict(zip(plots.FACE_NAMES, per_face[i, j].round(8).tolist(), strict=True))
             for i, o in enumerate(("theta", "phi"))

@@ -28,7 +28,7 @@ import json
 import logging
 import os
 import subprocess
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -56,10 +56,31 @@ class ExportError(RuntimeError):
 # ----------------------------------------------------------------------------------------------
 # The function that is exported
 # ----------------------------------------------------------------------------------------------
+# the largest |onnxruntime - JAX| accepted per output: degrees, GeV, ns, cm
+PARITY_TOLERANCE = {"output_energy": 1e-5, "output_timing": 1e-3, "output_uvw": 1e-3}
+UNITS = {"energy": "GeV", "timing": "ns", "uvw": "cm"}  # of the task outputs (xecjax.tasks)
+
+
+def output_names(model_cfg: Mapping[str, Any]) -> list[str]:
+    """["output"] and, per task head of the model (xecjax.tasks), "output_<task>"."""
+    from xecjax.tasks import model_tasks
+
+    return [OUTPUT_NAME] + [f"{OUTPUT_NAME}_{t}" for t in model_tasks(_as_config(model_cfg))]
+
+
+def _as_config(model_cfg: Mapping[str, Any]) -> ml_collections.ConfigDict:
+    return ml_collections.ConfigDict(_as_dict(model_cfg))
+
+
 def angles_function(
-    apply_fn: Callable[..., jax.Array], params: Any, normaliser: Normaliser | None = None
+    apply_fn: Callable[..., jax.Array],
+    params: Any,
+    normaliser: Normaliser | None = None,
+    task_names: tuple[str, ...] = (),
 ) -> Callable[[jax.Array], jax.Array]:
-    """Pure x [B, 4760, 2] -> (theta, phi) [B, 2] degrees, closing over the parameters.
+    """Pure x [B, 4760, 2] -> (theta, phi) [B, 2] degrees, closing over the parameters; with
+    task_names (the model's task heads, xecjax.tasks) the tuple of that and each task's
+    [B, width] output in physical units (the ONNX outputs of output_names).
 
     With a normaliser, x holds the raw (npho, time) branches and is normalised inside (the
     Normaliser's jax path, so the graph and the training pipeline share one definition).
@@ -68,7 +89,10 @@ def angles_function(
     def fn(x: jax.Array) -> jax.Array:
         if normaliser is not None:
             x = normaliser(x[..., 0], x[..., 1])
-        return apply_fn(params, x, train=False)[..., :2]
+        if not task_names:
+            return apply_fn(params, x, train=False)[..., :2]
+        out, tasks = apply_fn(params, x, train=False, tasks=True)
+        return (out[..., :2], *(tasks[t] for t in task_names))
 
     return fn
 
@@ -99,7 +123,13 @@ def onnx_function(
 
         cfg = ml_collections.ConfigDict({**_as_dict(model_cfg), "dwconv": "onnx"})
         apply_fn = make_apply(nnx.eval_shape(lambda: build_model(cfg, rngs=nnx.Rngs(0))))[1]
-    return angles_function(apply_fn, params, normaliser)
+    return angles_function(apply_fn, params, normaliser, _task_names(model_cfg))
+
+
+def _task_names(model_cfg: Mapping[str, Any]) -> tuple[str, ...]:
+    from xecjax.tasks import model_tasks
+
+    return model_tasks(_as_config(model_cfg))
 
 
 def _as_dict(model_cfg: Mapping[str, Any]) -> dict[str, Any]:
@@ -179,10 +209,14 @@ def _linear_time_output_check():
 
 
 def to_onnx_model(
-    fn: Callable[[jax.Array], jax.Array], metadata: Mapping[str, str], opset: int = DEFAULT_OPSET
+    fn: Callable[[jax.Array], jax.Array],
+    metadata: Mapping[str, str],
+    opset: int = DEFAULT_OPSET,
+    outputs: Sequence[str] = (OUTPUT_NAME,),
 ) -> onnx.ModelProto:
     """jax2onnx conversion of fn with a symbolic batch, reshape targets folded
-    (`fold_batch_shapes`); metadata set; ONNX checker passed."""
+    (`fold_batch_shapes`); metadata set; ONNX checker passed. `outputs`: the names of fn's
+    outputs (one, or one per element of the tuple it returns)."""
     from jax2onnx import to_onnx
 
     if int(opset) < DEFAULT_OPSET:
@@ -201,7 +235,7 @@ def to_onnx_model(
                 opset=int(opset),
                 return_mode="proto",
                 input_names=[INPUT_NAME],
-                output_names=[OUTPUT_NAME],
+                output_names=list(outputs),
                 normalization_mode="prefer_native",
             )
     except Exception as e:
@@ -336,7 +370,9 @@ def parity_check(
     inputs: Mapping[str, np.ndarray],
     batches=PARITY_BATCHES,
 ) -> dict[str, float]:
-    """Max |onnxruntime - JAX| (degrees) per input kind and batch size, {"toy[7]": diff, ...}.
+    """Max |onnxruntime - JAX| per input kind and batch size, {"toy[7]": diff, ...} for the
+    angle `output` (degrees) and {"toy[7] output_energy": diff, ...} for the other outputs
+    of a multi-task model (fn returns a tuple, in the order of the model's outputs).
 
     onnxruntime runs each batch size (the dynamic batch is what is tested); JAX runs each input
     once at its full size and is sliced, which saves a compilation per batch size.
@@ -345,17 +381,23 @@ def parity_check(
 
     source = model.SerializeToString() if isinstance(model, onnx.ModelProto) else str(model)
     session = ort.InferenceSession(source, providers=["CPUExecutionProvider"])
+    names = [o.name for o in session.get_outputs()]
     jitted = jax.jit(fn)
     diffs = {}
     for kind, x in inputs.items():
-        want = np.asarray(jitted(jnp.asarray(x)), np.float64)
+        want = jitted(jnp.asarray(x))
+        want = [np.asarray(w, np.float64) for w in (want if isinstance(want, tuple) else (want,))]
+        if len(want) != len(names):
+            raise ExportError(f"parity: the ONNX model has outputs {names}, JAX {len(want)}")
         for b in batches:
-            got = session.run([OUTPUT_NAME], {INPUT_NAME: x[:b]})[0]
-            if got.shape != want[:b].shape:
-                raise ExportError(
-                    f"parity {kind}[{b}]: onnxruntime shape {got.shape} != JAX {want[:b].shape}"
-                )
-            diffs[f"{kind}[{b}]"] = float(np.max(np.abs(got - want[:b])))
+            got = session.run(names, {INPUT_NAME: x[:b]})
+            for name, g, w in zip(names, got, want, strict=True):
+                key = f"{kind}[{b}]" + ("" if name == OUTPUT_NAME else f" {name}")
+                if g.shape != w[:b].shape:
+                    raise ExportError(
+                        f"parity {key}: onnxruntime shape {g.shape} != JAX {w[:b].shape}"
+                    )
+                diffs[key] = float(np.max(np.abs(g - w[:b])))
     return diffs
 
 
@@ -385,26 +427,33 @@ def export_model(
     """
     opset = DEFAULT_OPSET if opset is None else int(opset)
     norm = normaliser if raw_input else None
-    fn = angles_function(apply_fn, params, norm)  # the trained formulation: parity reference
+    names = _task_names(model_cfg)
+    # the trained formulation: parity reference
+    fn = angles_function(apply_fn, params, norm, names)
     exported = onnx_function(apply_fn, params, model_cfg, norm)
     meta = build_metadata(
         normaliser, model_cfg, raw_input=raw_input, opset=opset, run_id=run_id,
         checkpoint=checkpoint,
     )  # fmt: skip
-    model = to_onnx_model(exported, meta, opset)
+    model = to_onnx_model(exported, meta, opset, output_names(model_cfg))
     diffs: dict[str, float] = {}
     if check:
         inputs = parity_inputs(normaliser, raw_input, max(batches))
         diffs = parity_check(model, fn, inputs, batches)
+
+        def limit(key: str) -> float:
+            return PARITY_TOLERANCE.get(key.split(" ")[-1], tolerance)
+
         if verbose:
             for name, d in diffs.items():
-                print(f"parity {name:>12s}: max |onnxruntime - jax| = {d:.3g} deg", flush=True)
-        bad = {n: d for n, d in diffs.items() if not d <= tolerance}  # NaN fails too
+                unit = UNITS.get(name.split("_")[-1], "deg")
+                print(f"parity {name:>12s}: max |onnxruntime - jax| = {d:.3g} {unit}", flush=True)
+        bad = {n: d for n, d in diffs.items() if not d <= limit(n)}  # NaN fails too
         if bad:
             worst = ", ".join(f"{n}: {d:.3g}" for n, d in bad.items())
             raise ExportError(
-                f"parity check failed: max |onnxruntime - jax| above {tolerance:g} deg on "
-                f"{worst}; {os.fspath(output)!r} not written"
+                f"parity check failed: max |onnxruntime - jax| above {tolerance:g} deg (tasks: "
+                f"{PARITY_TOLERANCE}) on {worst}; {os.fspath(output)!r} not written"
             )
     path = save_model(model, output)
     if verbose:

@@ -342,6 +342,14 @@ def summary_markdown(summary: dict[str, Any]) -> str:
             + " (calibration.pdf)."
         )
         lines.append("")
+    for name, m in summary.get("tasks", {}).items():  # the heads beside the angle
+        task = name.removeprefix("baseline_")
+        unit = {"energy": "GeV", "timing": "ns", "uvw": "cm"}[task]
+        who = "conventional" if name.startswith("baseline_") else "model"
+        lines.append(
+            f"Task {task} ({unit}), {who}: " + ", ".join(f"{k} {v:.4g}" for k, v in m.items())
+        )
+        lines.append("")
     rates = [f"{k} {v:.0f}" for k, v in summary["events_per_s"].items() if v is not None]
     lines.append("Throughput (events/s, after the first batch): " + ", ".join(rates))
     return "\n".join(lines) + "\n"

@@ -15,7 +15,7 @@ import optax
 from jax.experimental import multihost_utils
 from jax.sharding import NamedSharding
 
-from xecjax import losses, metrics
+from xecjax import losses, metrics, tasks
 from xecjax.distributed import to_global
 
 
@@ -32,6 +32,17 @@ def per_sample_loss(loss_fn, point_weight: float):
     return fn
 
 
+def predict_and_loss(apply_fn, sample_loss, task_loss, params, batch, train: bool, rng):
+    """(angle output [B, C] float32, per-sample loss [B], task outputs {task: [B, w]}) of one
+    batch; with task_loss (xecjax.tasks.make_loss) the loss is the total over the tasks."""
+    if task_loss is None:
+        pred = apply_fn(params, batch["x"], train, rng).astype(jnp.float32)
+        return pred, sample_loss(pred, batch), {}
+    pred, task_out = apply_fn(params, batch["x"], train, rng, tasks=True)
+    pred = pred.astype(jnp.float32)
+    return pred, task_loss(sample_loss(pred, batch), task_out, batch), task_out
+
+
 def make_train_step(apply_fn, tx, loss_fn, config: ml_collections.ConfigDict):
     """step(state, batch) -> (state, {"loss", "grad_norm", "finite"}).
 
@@ -46,13 +57,15 @@ def make_train_step(apply_fn, tx, loss_fn, config: ml_collections.ConfigDict):
     ema_decay = float(config.optim.ema_decay)
     nan_step = int(config.train.debug_nan_step)
     sample_loss = per_sample_loss(loss_fn, float(config.optim.get("point_weight", 0.0)))
+    task_loss = tasks.make_loss(config)
 
     def step_fn(state, batch):
         rng = jax.random.fold_in(state["rng"], state["step"])
 
         def loss_of(params):
-            pred = apply_fn(params, batch["x"], True, rng)
-            per_sample = sample_loss(pred.astype(jnp.float32), batch)
+            _, per_sample, _ = predict_and_loss(
+                apply_fn, sample_loss, task_loss, params, batch, True, rng
+            )
             return losses.weighted_mean(per_sample, batch["weight"] * batch["valid"])
 
         loss, grads = jax.value_and_grad(loss_of)(state["params"])
@@ -76,16 +89,19 @@ def make_train_step(apply_fn, tx, loss_fn, config: ml_collections.ConfigDict):
     return step_fn
 
 
-def make_eval_step(apply_fn, loss_fn, point_weight: float = 0.0):
-    """eval(params, batch) -> (predictions [B, C] float32, per-sample loss [B]).
+def make_eval_step(apply_fn, loss_fn, point_weight: float = 0.0, task_loss=None):
+    """eval(params, batch) -> (predictions [B, C] float32, per-sample loss [B], task outputs
+    {task: [B, width]}, empty without task_loss (xecjax.tasks.make_loss)).
 
     In the compute dtype of apply_fn's model (bfloat16 for validation during a
     config.train.bf16 run; float32 parameters and input either way)."""
     sample_loss = per_sample_loss(loss_fn, point_weight)
 
     def eval_fn(params, batch):
-        pred = apply_fn(params, batch["x"], False, jax.random.PRNGKey(0)).astype(jnp.float32)
-        return pred, sample_loss(pred, batch)
+        pred, loss, task_out = predict_and_loss(
+            apply_fn, sample_loss, task_loss, params, batch, False, jax.random.PRNGKey(0)
+        )
+        return pred, loss, {k: v for k, v in task_out.items() if k in tasks.NAMES}
 
     return eval_fn
 
@@ -94,11 +110,17 @@ def evaluate(
     eval_step, params, loader, batch_sharding: NamedSharding, beta: float = 1.0
 ) -> dict[str, float]:
     """val_loss (the training loss on EMA parameters), the angle metrics and the reference's
-    val_smooth_l1 (transition `beta`), val_l1, val_mse and val_cos_res over the val set."""
+    val_smooth_l1 (transition `beta`), val_l1, val_mse and val_cos_res over the val set; with
+    tasks beside the angle their metrics (xecjax.tasks.metrics: energy_bias, ...)."""
+
+    def gather(a):
+        return np.asarray(multihost_utils.process_allgather(a, tiled=True))
+
     preds, trues, per_sample, weights, valid = [], [], [], [], []
+    task_pred, task_true = {}, {}
     for local in loader.epoch(0):  # the same number of batches on every process
         batch = to_global(local, batch_sharding)
-        pred, loss = eval_step(params, batch)
+        pred, loss, task_out = eval_step(params, batch)
         for out, a in (
             (preds, pred),
             (per_sample, loss),
@@ -106,7 +128,10 @@ def evaluate(
             (weights, batch["weight"]),
             (valid, batch["valid"]),
         ):
-            out.append(np.asarray(multihost_utils.process_allgather(a, tiled=True)))
+            out.append(gather(a))
+        for name, a in task_out.items():
+            task_pred.setdefault(name, []).append(gather(a))
+            task_true.setdefault(name, []).append(gather(batch[name]))
     if not preds:
         raise ValueError("the validation set is empty: check config.data.val / val_fraction")
     pred, true = np.concatenate(preds), np.concatenate(trues)
@@ -116,4 +141,7 @@ def evaluate(
     out = metrics.angle_metrics(pred[ok], true[ok])
     out.update(metrics.reference_losses(pred[ok], true[ok], beta))
     out["val_loss"] = float(np.where(w > 0, w * loss, 0.0).sum() / max(w.sum(), 1e-12))
+    for name in task_pred:
+        t_pred, t_true = np.concatenate(task_pred[name]), np.concatenate(task_true[name])
+        out.update(tasks.metrics(name, t_pred[ok], t_true[ok]))
     return out

@@ -34,7 +34,7 @@ from jax.experimental import multihost_utils
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from xecjax import losses
+from xecjax import losses, tasks
 from xecjax.checkpoint import Checkpointer, read_meta, resolve_checkpoint_dir
 from xecjax.config import parse_command_line
 from xecjax.distributed import (
@@ -72,6 +72,9 @@ def toy_data_files(cfg: ml_collections.ConfigDict) -> list[str]:
     from xecjax.simulate import SimConfig, write_toy_files
 
     name = f"{cfg.toy_vertex}_{cfg.toy_events}ev_{cfg.toy_files}f_seed{cfg.toy_seed}"
+    lo, hi = (float(e) for e in cfg.get("toy_energy_mev", (52.8, 52.8)))
+    if (lo, hi) != (52.8, 52.8):  # the default line keeps the names of existing caches
+        name += f"_E{lo:g}-{hi:g}MeV"
     out = Path(cfg.toy_dir) / name
     if jax.process_index() == 0 and not out.is_dir():
         tmp = out.with_name(f"{name}.tmp-{os.getpid()}")
@@ -81,7 +84,7 @@ def toy_data_files(cfg: ml_collections.ConfigDict) -> list[str]:
             cfg.toy_events,
             cfg.toy_files,
             seed=cfg.toy_seed,
-            cfg=SimConfig(vertex=cfg.toy_vertex),
+            cfg=SimConfig(vertex=cfg.toy_vertex, energy_mev=(lo, hi)),
             progress=True,
         )
         try:
@@ -188,6 +191,7 @@ def make_data(config: ml_collections.ConfigDict, meta: dict[str, Any] | None) ->
     # Every process plans the same global batches and takes its slice of each, so N processes
     # train on exactly the batches of one.
     common = dict(
+        targets=tasks.enabled(config),  # the targets of the tasks beside the angle
         chunk_size=d.chunk_size,
         reweighter=reweighter,
         fiducial=d.fiducial,
@@ -274,6 +278,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
     from xecjax.models import build_model, count_params, make_apply, training_dtype
 
     t_start = time.time()
+    tasks.configure_model(config)  # the enabled tasks' heads and target scales into config.model
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     is_main = jax.process_index() == 0
@@ -352,9 +357,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
         donate_argnums=(0,),
     )
     eval_step = jax.jit(
-        make_eval_step(apply_fn, loss_fn, config.optim.point_weight),
+        make_eval_step(apply_fn, loss_fn, config.optim.point_weight, tasks.make_loss(config)),
         in_shardings=(state_sharding["ema"], batch_sharding),
-        out_shardings=(batch_sharding, batch_sharding),
+        out_shardings=(batch_sharding, batch_sharding, batch_sharding),
     )
 
     tracker = Tracker(

@@ -1,6 +1,7 @@
 """Model throughput: forward (batch 256) and forward + backward + AdamW (batch 32).
 
   python tools/bench.py model --config configs/convnext.py[:variant] [--quick] [--bf16]
+  python tools/bench.py model --config configs/multitask.py[:variant]   # + the task heads
 
 Reports params, infer_events_per_s, train_events_per_s (median call; the training mean and
 every step's seconds beside it), compile_s (both jits) and, as `events_per_s`, the training
@@ -23,7 +24,7 @@ import ml_collections
 import optax
 from flax import nnx
 
-from xecjax import geometry, native
+from xecjax import geometry, native, tasks
 from xecjax.models import build_model, count_params, make_apply, training_dtype
 
 from .onnx import timed
@@ -49,7 +50,9 @@ def load_model_config(spec: str) -> ml_collections.ConfigDict:
     module_spec = importlib.util.spec_from_file_location(f"bench_cfg_{file.stem}", file)
     module = importlib.util.module_from_spec(module_spec)
     module_spec.loader.exec_module(module)
-    return module.get_config(variant or None).model
+    config = module.get_config(variant or None)
+    tasks.configure_model(config)  # the task heads of a multi-task config, as training adds them
+    return config.model
 
 
 def run(args: argparse.Namespace) -> dict:
@@ -62,14 +65,20 @@ def run(args: argparse.Namespace) -> dict:
     key = jax.random.key(0)
     n_iter = 2 if args.quick else 10
 
+    heads = tasks.model_tasks(cfg)  # multi-task models: every head computed and trained
+
     @jax.jit
     def infer(params, x):
-        return apply_fn(params, x, False, None)
+        return apply_fn(params, x, False, None, tasks=True) if heads else apply_fn(params, x)
 
     @jax.jit
     def train_step(params, opt_state, x, y, rng):
         def loss_fn(p):
-            return jnp.mean(jnp.square(apply_fn(p, x, True, rng)[:, :2] - y))
+            if not heads:
+                return jnp.mean(jnp.square(apply_fn(p, x, True, rng)[:, :2] - y))
+            out, task_out = apply_fn(p, x, True, rng, tasks=True)
+            loss = jnp.mean(jnp.square(out[:, :2] - y))
+            return loss + sum(jnp.mean(jnp.square(task_out[t])) for t in heads)
 
         loss, grads = jax.value_and_grad(loss_fn)(params)
         updates, opt_state = tx.update(grads, opt_state, params)
@@ -103,6 +112,7 @@ def run(args: argparse.Namespace) -> dict:
     return {
         "config": args.config,
         "params": count_params(params),
+        "tasks": list(heads),
         "dtype": jnp.dtype(dtype).name,
         "infer_events_per_s": round(args.infer_batch / statistics.median(t_inf), 1),
         "train_events_per_s": round(train_eps, 1),

@@ -61,14 +61,23 @@ def make_apply(model: nnx.Module) -> tuple[nnx.State, ApplyFn]:
     compute, so gradients come back float32). apply_fn(params, x, train, rng) -> [B, out_dim]
     is pure and jit-able with `train` static; `rng` (a jax.random key, or None when train is
     False) drives dropout and drop path. Index tables are NumPy constants closed over by the
-    model code, not state.
+    model code, not state. With tasks=True it returns (angle output, {task: [B, width]}): the
+    heads of the tasks beside the angle (xecjax.tasks; {} for an angle-only model).
     """
     graphdef, params, rest = nnx.split(model, nnx.Param, ...)
 
     def apply_fn(
-        params: nnx.State, x: jax.Array, train: bool = False, rng: jax.Array | None = None
+        params: nnx.State,
+        x: jax.Array,
+        train: bool = False,
+        rng: jax.Array | None = None,
+        *,
+        tasks: bool = False,
     ) -> jax.Array:
-        return nnx.merge(graphdef, params, rest)(x, train=train, rng=rng)
+        model = nnx.merge(graphdef, params, rest)
+        return (
+            model(x, train=train, rng=rng, tasks=True) if tasks else model(x, train=train, rng=rng)
+        )
 
     return params, apply_fn
 

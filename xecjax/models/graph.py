@@ -32,6 +32,8 @@ from xecjax.models.regressor import (
     compute_dtype,
     direction_output,
     output_kind,
+    task_heads,
+    with_tasks,
 )
 
 POOLINGS = ("mean", "attention")
@@ -109,10 +111,16 @@ class SensorGraphModel(nnx.Module):
         if self.output == "point":
             raise ValueError("model.output = 'point' is a regressor option (inner-face CNN map)")
         self.head = RegressionHead.from_config(dim, cfg, dtype=dtype, rngs=rngs)
+        self.tasks = task_heads(dim, cfg, dtype=dtype, rngs=rngs)
         self.dtype = dtype
 
     def __call__(
-        self, x: jax.Array, *, train: bool = False, rng: jax.Array | None = None
+        self,
+        x: jax.Array,
+        *,
+        train: bool = False,
+        rng: jax.Array | None = None,
+        tasks: bool = False,
     ) -> jax.Array:
         """x [B, 4760, 2] normalised -> [B, 2 | 4] float32 (theta, phi in degrees, ...)."""
         check_input(x)
@@ -133,7 +141,9 @@ class SensorGraphModel(nnx.Module):
             attn = jax.nn.softmax(score, axis=-1).astype(h.dtype)
             pooled = jnp.einsum("bn,bnc->bc", attn, h)
         out = self.head(pooled, train=train, rng=r_head).astype(jnp.float32)
-        return direction_output(out, self.output)
+        # tasks=True: also the heads of the tasks beside the angle (xecjax.tasks)
+        return with_tasks(direction_output(out, self.output), self.tasks, pooled, train, r_head,
+                          tasks)  # fmt: skip
 
 
 def build(cfg: ml_collections.ConfigDict, *, rngs: nnx.Rngs, dtype=jnp.float32) -> SensorGraphModel:

@@ -25,6 +25,7 @@ import numpy as np
 from flax import nnx
 
 from xecjax import geometry
+from xecjax import tasks as taskdefs
 from xecjax.models.convnext import FaceBackbone
 from xecjax.models.hexnext import HexEncoder
 from xecjax.models.layers import (
@@ -174,10 +175,16 @@ class XECRegressor(nnx.Module):
             self.head = RegressionHead.from_config(
                 len(self.tokens) * d, cfg, dtype=dtype, rngs=rngs
             )
+        self.tasks = task_heads(len(self.tokens) * d, cfg, dtype=dtype, rngs=rngs)
         self.dtype = dtype
 
     def __call__(
-        self, x: jax.Array, *, train: bool = False, rng: jax.Array | None = None
+        self,
+        x: jax.Array,
+        *,
+        train: bool = False,
+        rng: jax.Array | None = None,
+        tasks: bool = False,
     ) -> jax.Array:
         """x [B, 4760, 2] normalised -> [B, 2 | 4] float32 (degrees; log sigma in log-degrees)."""
         check_input(x)
@@ -204,9 +211,13 @@ class XECRegressor(nnx.Module):
         flat = tokens.reshape(tokens.shape[0], -1)
         if self.output == "point":
             light = faces32["inner"][..., 0]
-            return self.head(flat, inner_map, light, train=train, rng=r_head)
-        out = self.head(flat, train=train, rng=r_head).astype(jnp.float32)
-        return direction_output(out, self.output)
+            out = self.head(flat, inner_map, light, train=train, rng=r_head)
+        else:
+            out = direction_output(
+                self.head(flat, train=train, rng=r_head).astype(jnp.float32), self.output
+            )
+        # tasks=True: also the heads of the tasks beside the angle (xecjax.tasks)
+        return with_tasks(out, self.tasks, flat, train, r_head, tasks)
 
 
 def direction_output(out: jax.Array, kind: str) -> jax.Array:
@@ -227,15 +238,28 @@ def check_input(x: jax.Array) -> None:
 class RegressionHead(nnx.Module):
     """Dense hidden -> LN -> GELU -> Dropout -> Dense out (the reference head)."""
 
-    def __init__(self, din: int, hidden: int, dout: int, *, dropout: float, dtype, rngs: nnx.Rngs):
+    def __init__(
+        self,
+        din: int,
+        hidden: int,
+        dout: int,
+        *,
+        dropout: float,
+        dtype,
+        rngs: nnx.Rngs,
+        angle_bias: bool = True,
+    ):
         self.fc1 = dense(din, hidden, dtype, rngs)
         self.norm = layer_norm(hidden, LN_EPS_TORCH, dtype, rngs)
         self.fc2 = dense(hidden, dout, dtype, rngs)
         # Start at the centre of the acceptance rather than at (0, 0): the angles are regressed
         # in degrees (theta ~ 90), which a zero bias would take thousands of steps to reach.
         # A direction vector (output "vector": dout 3 or 4) starts at the same direction.
+        # angle_bias=False (the heads of the other tasks, normalised targets): zero.
         bias = np.zeros(dout, np.float32)
-        if dout in (3, 4):
+        if not angle_bias:
+            pass
+        elif dout in (3, 4):
             bias[:3] = geometry.angles_to_vec(*geometry.ACCEPTANCE_CENTER_DEG)
         else:
             bias[:2] = geometry.ACCEPTANCE_CENTER_DEG
@@ -267,6 +291,52 @@ class RegressionHead(nnx.Module):
         # there), unit-vector components or cm: a bfloat16 result or bias would quantise them.
         kernel = self.fc2.kernel[...].astype(h.dtype)
         return jnp.matmul(h, kernel, preferred_element_type=jnp.float32) + self.fc2.bias[...]
+
+
+class TaskHeads(nnx.Module):
+    """One RegressionHead per task beside the angle (xecjax.tasks), on the shared encoder's
+    features, and the per-task log-variances of loss_balance "auto" (angle first; trained only
+    under "auto": without it they get no gradient and, of rank 1, no weight decay)."""
+
+    def __init__(self, din: int, cfg: ml_collections.ConfigDict, *, dtype, rngs: nnx.Rngs):
+        self.names = taskdefs.model_tasks(cfg)
+        # (offset, scale) as tuples of floats: static, not state (arrays would become state)
+        self.norm = tuple(
+            tuple(tuple(float(v) for v in a) for a in taskdefs.target_norm(cfg, n))
+            for n in self.names
+        )
+        for n in self.names:
+            head = RegressionHead(din, int(cfg.head_hidden), taskdefs.WIDTH[n],
+                                  dropout=float(cfg.head_dropout), dtype=dtype, rngs=rngs,
+                                  angle_bias=False)  # fmt: skip
+            setattr(self, f"{n}_head", head)
+        self.log_var = nnx.Param(jnp.zeros((1 + len(self.names),), jnp.float32))
+
+    def __call__(self, x: jax.Array, *, train: bool, rng: jax.Array | None) -> dict:
+        """x [B, din] -> {task: [B, width] float32 in physical units (offset + scale * head),
+        "log_var": [1 + tasks] (angle first)}."""
+        out = {}
+        keys = split_rng(rng, len(self.names))
+        for n, (offset, scale), key in zip(self.names, self.norm, keys, strict=True):
+            raw = getattr(self, f"{n}_head")(x, train=train, rng=key).astype(jnp.float32)
+            out[n] = jnp.asarray(offset, jnp.float32) + jnp.asarray(scale, jnp.float32) * raw
+        out["log_var"] = self.log_var[...]  # of loss_balance "auto" (xecjax.tasks.make_loss)
+        return out
+
+
+def task_heads(din: int, cfg: ml_collections.ConfigDict, *, dtype, rngs: nnx.Rngs):
+    """TaskHeads when the model config names tasks (model.tasks), else None."""
+    return TaskHeads(din, cfg, dtype=dtype, rngs=rngs) if taskdefs.model_tasks(cfg) else None
+
+
+def with_tasks(out: jax.Array, heads, feats: jax.Array, train: bool, rng, want: bool):
+    """A model's return value: the angle output, or with `want` (out, {task: [B, width]})."""
+    if not want:
+        return out
+    if heads is None:
+        return out, {}
+    key = None if rng is None else jax.random.fold_in(rng, 1)
+    return out, heads(feats, train=train, rng=key)
 
 
 def to_first_map_grid(image):

@@ -1,0 +1,28 @@
+"""Multi-task reconstruction: the angle plus energy, timing and conversion point (u, v, w).
+
+The XECRegressor of configs/convnext.py (the same variants) with one head per task on the
+shared encoder (xecjax.tasks):
+  python -m xecjax.train --config configs/multitask.py:smoke --workdir runs/mt_smoke
+Variants: default (reference size, GPU), `:toy` (CPU), `:smoke` (tests, seconds). The toy data
+of this config draw the gamma energy uniformly in 40-56 MeV, so that the energy head has
+something to learn. Per-task options: `--config.tasks.energy.loss=relative_l1`,
+`--config.tasks.uvw.weight=0.5`, `--config.tasks.loss_balance=auto`,
+`--config.tasks.timing.enabled=false`.
+"""
+
+import importlib.util
+from pathlib import Path
+
+_spec = importlib.util.spec_from_file_location(
+    "convnext_config", Path(__file__).with_name("convnext.py")
+)
+_convnext = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(_convnext)
+
+
+def get_config(arg: str | None = None):
+    c = _convnext.get_config(arg)
+    for name in ("energy", "timing", "uvw"):
+        c.tasks[name].enabled = True
+    c.data.toy_energy_mev = (40.0, 56.0)
+    return c
