@@ -173,6 +173,19 @@ def _inputs(model, real) -> np.ndarray:
     return np.asarray(norm(*(branches[b] for b in norm.branches)), np.float32)
 
 
+def test_a_point_model_s_uvw_task_is_its_conversion_point():
+    config = load_config(MT)
+    config.model.output = "point"
+    config.tasks.uvw.enabled = True
+    tasks.configure_model(config)
+    params, apply_fn = make_apply(build_model(config.model, rngs=nnx.Rngs(0)))
+    x = jax.random.normal(jax.random.key(1), (2, 4760, 2))
+    out, heads = apply_fn(params, x, False, None, tasks=True)
+    np.testing.assert_array_equal(heads["uvw"], out[:, -3:])
+    names = [jax.tree_util.keystr(k) for k, _ in jax.tree_util.tree_flatten_with_path(params)[0]]
+    assert not any("uvw_head" in n for n in names) and any("energy_head" in n for n in names)
+
+
 def test_multitask_smoke_trains_all_tasks_and_logs_the_reference_names(mt):
     from mlflow.tracking import MlflowClient
 
@@ -198,6 +211,8 @@ def test_multitask_smoke_trains_all_tasks_and_logs_the_reference_names(mt):
 def test_multitask_evaluation_writes_every_task(mt):
     summary = mt["summary"]
     assert np.isfinite(summary["metrics"]["model"]["psi_68"])  # the angle as for any run
+    # the uvw head's point seen from each event's vertex: the vertex-aware angle
+    assert np.isfinite(summary["metrics"]["model_from_vertex"]["psi_68"])
     # with the conventional estimates of energy and position beside them
     assert set(summary["tasks"]) == {"energy", "timing", "uvw", "baseline_energy", "baseline_uvw"}
     # the depth-corrected photon sum: below the spread of the 40-56 MeV energies (5.4 MeV)

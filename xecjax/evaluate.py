@@ -32,7 +32,11 @@ and logs them to the run's MLflow entry. Metrics: bias, RMS (standard deviation)
 d_theta and of d_phi wrapped into [-180, 180), and the 50/68/90th percentiles of the opening
 angle (psi_68 = val_resolution_deg). The baselines (xecjax.baseline) are the point-source fit and
 the light centroid with the direction taken from the target centre (the information the model
-has) and the fit from the event's vertex (xyzVTX; on toy data the true vertex).
+has) and the fit from the event's vertex (xyzVTX; on toy data the true vertex). A model that
+predicts the conversion point ("point" output, or a uvw task head) also gets the vertex-aware
+angle `model_from_vertex`: from the event's vertex to its predicted point. Multi-task models
+(xecjax.tasks) add the task metrics beside their conventional estimates (summary "tasks") and
+pred_ / true_ energy, timing, u, v, w branches to val_tree.
 
 Memory: batches (the [B, 4760, 2] inputs) are never accumulated; per event only a few floats of
 results are kept for the percentiles and profiles, and the N worst events' inputs.
@@ -58,7 +62,8 @@ import numpy as np
 
 from xecjax import plots, tasks
 from xecjax.distributed import keep_freed_host_memory
-from xecjax.geometry import N_SENSORS, vec_to_angles
+from xecjax.geometry import N_SENSORS, uvw_to_xyz, vec_to_angles
+from xecjax.losses import POINT_WIDTHS
 from xecjax.metrics import (
     evaluation_metrics,
     opening_angles,
@@ -79,6 +84,9 @@ BASELINES = ("baseline_fit", "baseline_centroid", "baseline_fit_vertex")
 # Not a method: the direction of the TRUE conversion point (xyzTruth) seen from the target
 # centre, i.e. the best any vertex-blind angle can do (0 with a point vertex at the centre).
 TRUTH_POINT = "truth_point_floor"
+# The vertex-aware angle of a model that predicts the conversion point ("point" output, or a
+# uvw task head): the direction from the measured vertex (xyzVTX) to the predicted point.
+MODEL_VERTEX = "model_from_vertex"
 
 
 # ----------------------------------------------------------------------------------------------
@@ -410,6 +418,10 @@ def evaluate_run(
                     fit_acc.append({k: v[ok] for k, v in info.items()})
                 timing["baseline"].append((n_ok, time.time() - t))
                 acc[TRUTH_POINT].append(vec_to_angles(b["xyzTruth"].astype(np.float64)))
+            point = output[:, -3:] if output.shape[1] in POINT_WIDTHS else t_pred.get("uvw")
+            if point is not None:  # the vertex-aware angle from the predicted conversion point
+                seen = uvw_to_xyz(np.asarray(point, np.float64)) - b["xyzVTX"].astype(np.float64)
+                acc.setdefault(MODEL_VERTEX, []).append(vec_to_angles(seen))
             worst.offer(opening_angles(pred, true), batch["x"][ok], true, pred, *ids)
             n_done += n_ok
         if n_done == 0:  # inside the writers: their temporary files are removed, not renamed
@@ -426,7 +438,8 @@ def evaluate_run(
         trues = {n: np.concatenate(task_acc[f"true_{n}"]) for n in task_names}
         for n, m in task_baselines(fits, trues).items():
             task_metrics[f"baseline_{n}"] = m
-    methods = {"model": res["output"][:, :2], **{k: res[k] for k in references}}
+    vertex_aware = (MODEL_VERTEX,) if MODEL_VERTEX in res else ()
+    methods = {"model": res["output"][:, :2], **{k: res[k] for k in (*vertex_aware, *references)}}
     metrics = {m: evaluation_metrics(p, res["true"]) for m, p in methods.items()}
     plots.plot_resolution_profiles(
         {m: profiles_of(p, res["true"]) for m, p in methods.items()}, files["profile"]

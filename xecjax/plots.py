@@ -324,7 +324,10 @@ def summary_markdown(summary: dict[str, Any]) -> str:
     lines += [
         "",
         "Angles in degrees. Baselines: point-source fit and light centroid from the "
-        "target centre; `baseline_fit_vertex` from the event vertex (xyzVTX).",
+        "target centre; `baseline_fit_vertex` from the event vertex (xyzVTX); "
+        "`model_from_vertex`: the model's predicted conversion point seen from the event vertex "
+        "(models that predict one); `truth_point_floor`: the true conversion point seen from the "
+        "target centre.",
         "",
     ]
     unc = summary.get("uncertainty")
