@@ -433,7 +433,7 @@ def bf16_train_setup(name: str, dtype, **model_overrides):
     from xecjax import losses
     from xecjax.config import load_config
     from xecjax.optim import make_optimizer, make_schedule
-    from xecjax.steps import make_train_step
+    from xecjax.steps import init_state, make_train_step
 
     family, base = SMOKE[name]
     config = load_config(f"{CONFIGS / family}.py:smoke")
@@ -446,13 +446,7 @@ def bf16_train_setup(name: str, dtype, **model_overrides):
     params, apply_fn = make_apply(model)
     tx = make_optimizer(config.optim, make_schedule(config.optim, 10, 1))
     loss_fn = losses.get_loss(config.optim.loss, config.optim.beta)
-    state = {
-        "params": params,
-        "ema": jax.tree.map(jnp.copy, params),
-        "opt_state": tx.init(params),
-        "step": jnp.zeros((), jnp.int32),
-        "rng": jax.random.PRNGKey(1),
-    }
+    state = init_state(params, tx, 1)
     x = sensor_input(4)
     rng = np.random.default_rng(0)
     batch = {

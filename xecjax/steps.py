@@ -7,6 +7,8 @@ the validation pass over a loader.
 
 from __future__ import annotations
 
+from typing import Any
+
 import jax
 import jax.numpy as jnp
 import ml_collections
@@ -30,6 +32,18 @@ def per_sample_loss(loss_fn, point_weight: float):
         return loss
 
     return fn
+
+
+def init_state(params, tx, seed: int) -> dict[str, Any]:
+    """The training state at step 0: params, their EMA copy, tx's optimiser state, step and
+    the dropout rng (PRNGKey(seed))."""
+    return {
+        "params": params,
+        "ema": jax.tree.map(jnp.copy, params),
+        "opt_state": tx.init(params),
+        "step": jnp.zeros((), jnp.int32),
+        "rng": jax.random.PRNGKey(seed),
+    }
 
 
 def predict_and_loss(apply_fn, sample_loss, task_loss, params, batch, train: bool, rng):

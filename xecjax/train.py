@@ -27,7 +27,6 @@ from pathlib import Path
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
 from jax.experimental import multihost_utils
@@ -46,7 +45,7 @@ from xecjax.distributed import (
     to_global,
 )
 from xecjax.optim import make_optimizer, make_schedule
-from xecjax.steps import evaluate, make_eval_step, make_train_step
+from xecjax.steps import evaluate, init_state, make_eval_step, make_train_step
 from xecjax.tracking import (
     Tracker,
     flatten_config,
@@ -325,13 +324,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
     schedule = make_schedule(config.optim, steps_per_epoch, config.train.epochs)
     tx = make_optimizer(config.optim, schedule)
     loss_fn = losses.get_loss(config.optim.loss, config.optim.beta)
-    state = {
-        "params": params,
-        "ema": jax.tree.map(jnp.copy, params),
-        "opt_state": tx.init(params),
-        "step": jnp.zeros((), jnp.int32),
-        "rng": jax.random.PRNGKey(config.train.seed + 1),
-    }
+    state = init_state(params, tx, config.train.seed + 1)
     state = jax.device_put(state, replicated)
     state_sharding = jax.tree.map(lambda a: a.sharding, state)
     start_epoch, start_batch, history, best = 0, 0, [], {"val_resolution_deg": float("inf")}
