@@ -62,6 +62,22 @@ def test_task_metrics_by_hand():
     }
 
 
+def test_task_profile_by_hand():
+    true = np.arange(20, dtype=np.float64)[:, None]
+    pred = true + np.where(true < 10, 1.0, -3.0)  # residual +1 in the low half, -3 above
+    prof = tasks.profile("timing", pred, true, bins=2)
+    np.testing.assert_array_equal(prof["n"], [10, 10])
+    np.testing.assert_allclose(prof["res68"], [1.0, 3.0])
+    np.testing.assert_allclose(prof["bias"], [1.0, -3.0])
+    np.testing.assert_allclose(prof["centers"], [4.75, 14.25])
+    t3 = np.stack([np.zeros(20), np.zeros(20), np.arange(20.0)], 1)
+    p3 = t3 + np.array([3.0, 4.0, 0.0])  # distance 5 everywhere, no w bias
+    prof = tasks.profile("uvw", p3, t3, bins=4)
+    np.testing.assert_allclose(prof["res68"], 5.0)
+    np.testing.assert_allclose(prof["bias"], 0.0, atol=1e-12)
+    assert prof["variable"] == "true w (cm)"
+
+
 def test_toy_targets_rederived(tmp_path):
     """energyTruth in the asked range with the light yield proportional to it; timeTruth the
     emission jitter plus the flight from the vertex to the first interaction at c; uvwTruth
@@ -214,7 +230,11 @@ def test_multitask_evaluation_writes_every_task(mt):
     # the uvw head's point seen from each event's vertex: the vertex-aware angle
     assert np.isfinite(summary["metrics"]["model_from_vertex"]["psi_68"])
     # with the conventional estimates of energy and position beside them
-    assert set(summary["tasks"]) == {"energy", "timing", "uvw", "baseline_energy", "baseline_uvw"}
+    assert set(summary["tasks"]) == {
+        "energy", "timing", "uvw", "baseline_energy", "baseline_uvw", "baseline_timing"
+    }  # fmt: skip
+    # the earliest-light fit: well below the 1 ns emission-time spread of the toy
+    assert 0 < summary["tasks"]["baseline_timing"]["timing_res_68pct"] < 0.5  # ns
     # the depth-corrected photon sum: below the spread of the 40-56 MeV energies (5.4 MeV)
     assert 0 < summary["tasks"]["baseline_energy"]["energy_res_68pct"] < 0.0054  # GeV
     out = mt["work"] / "evaluation_best"
@@ -227,6 +247,7 @@ def test_multitask_evaluation_writes_every_task(mt):
         np.percentile(res, 68), rel=1e-4
     )
     assert "Task energy (GeV), model" in (out / "summary.md").read_text()
+    assert (out / "task_profiles.pdf").stat().st_size > 1000
 
 
 def test_multitask_onnx_outputs_and_real_data_inference(mt):

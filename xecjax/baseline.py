@@ -383,3 +383,25 @@ def reconstruct(npho, vertex=None, method: str = "fit", chunk: int = 2048) -> np
         raise ValueError(f"unknown baseline method {method!r}: expected one of {METHODS}")
     fn = fit_point_source if method == "fit" else centroid
     return direction(fn(npho, chunk=chunk), vertex)
+
+
+# The speed of scintillation light in liquid xenon: refractive index 1.61 at 178 nm.
+LIGHT_SLOWNESS_NS_PER_CM = 1.61 / 29.9792458
+
+
+def fit_time(npho, time_s, uvw, min_npho: float = 50.0) -> np.ndarray:
+    """The conventional gamma time (ns): the median over the bright sensors (npho >= min_npho,
+    with a valid time) of the sensor time minus the light's flight from the fitted point.
+
+    npho [N, 4760] photons, time_s [N, 4760] absolute sensor times (s; 1e10 = none), uvw
+    [N, 3] cm a fitted light position (fit_point_source). The result is the time of the light
+    at that point, with an offset from the conversion time that a calibration removes. NaN for
+    an event without a bright sensor.
+    """
+    npho, time_s = np.asarray(npho, np.float64), np.asarray(time_s, np.float64)
+    xyz = uvw_to_xyz(np.asarray(uvw, np.float64))
+    dist = np.linalg.norm(POSITIONS[None].astype(np.float64) - xyz[:, None], axis=-1)
+    t0 = time_s * 1e9 - LIGHT_SLOWNESS_NS_PER_CM * dist
+    ok = (npho >= min_npho) & (npho < 1e9) & (time_s < 1e9) & np.isfinite(time_s)
+    with np.errstate(all="ignore"):
+        return np.nanmedian(np.where(ok, t0, np.nan), axis=1)

@@ -60,7 +60,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from xecjax import plots, tasks
+from xecjax import baseline, plots, tasks
 from xecjax.distributed import keep_freed_host_memory
 from xecjax.geometry import N_SENSORS, uvw_to_xyz, vec_to_angles
 from xecjax.losses import POINT_WIDTHS
@@ -250,7 +250,6 @@ def baseline_angles(npho, vtx, fit_info: dict | None = None) -> dict[str, np.nda
     and the event vertices [N, 3] cm (the fit from the vertex: baseline_fit_vertex). fit_info,
     a dict, receives the point-source fit's "uvw" [N, 3] cm and the photon sum of the valid
     sensors "photon_sum" [N] (the baselines of the tasks beside the angle, task_baselines)."""
-    from xecjax import baseline
 
     fit, info = baseline.fit_point_source(npho, return_info=True)
     if fit_info is not None:
@@ -263,17 +262,20 @@ def baseline_angles(npho, vtx, fit_info: dict | None = None) -> dict[str, np.nda
     }
 
 
-def task_baselines(fit: dict[str, np.ndarray], true: dict[str, np.ndarray]) -> dict[str, dict]:
-    """The conventional estimate of each task beside the angle that has one, as metrics
-    (xecjax.tasks.metrics) against `true` ({task: [N, width]}):
+def task_baselines(fit: dict[str, np.ndarray], true: dict[str, np.ndarray]) -> dict:
+    """The conventional estimate of each task beside the angle, per event ({task: [N, width]},
+    NaN where it has none), from the point-source fit's outputs `fit` and calibrated against
+    `true` ({task: [N, width]}):
 
     energy: the photon sum of all valid sensors times a calibration quadratic in the fitted
       depth w (3 constants, least squares of E / sum on these events; the toy's light
       collection falls with depth);
     uvw: the point-source fit's light centre, its median offset from the true conversion point
-      (the shower depth) removed on these events (three constants).
-    Both calibrations use the evaluated events themselves (6 constants in all, not a
-    resolution). Timing has no conventional estimate here yet.
+      (the shower depth) removed on these events (three constants);
+    timing: the median over bright sensors of their time minus the light's flight from the
+      fitted light centre (baseline.fit_time), its median offset removed on these events.
+    The calibrations use the evaluated events themselves (7 constants in all, not a
+    resolution).
     """
     out = {}
     if "energy" in true:
@@ -282,12 +284,34 @@ def task_baselines(fit: dict[str, np.ndarray], true: dict[str, np.ndarray]) -> d
         ok = total > 0
         design = np.stack([np.ones_like(w), w, w * w], 1)
         coef = np.linalg.lstsq(design[ok], e[ok] / total[ok], rcond=None)[0]
-        out["energy"] = tasks.metrics("energy", (design @ coef * total)[:, None], e[:, None])
+        out["energy"] = np.where(ok, design @ coef * total, np.nan)[:, None]
     if "uvw" in true:
         t = np.asarray(true["uvw"], np.float64)
         u = fit["uvw"].astype(np.float64)
-        out["uvw"] = tasks.metrics("uvw", u - np.median(u - t, axis=0), t)
+        out["uvw"] = u - np.median(u - t, axis=0)
+    if "timing" in true and "time_est" in fit:
+        t = np.asarray(true["timing"], np.float64).ravel()
+        est = fit["time_est"].astype(np.float64)
+        ok = np.isfinite(est)
+        out["timing"] = (est - np.median(est[ok] - t[ok]) if ok.any() else est)[:, None]
     return out
+
+
+def task_results(pred: dict, true: dict, conventional: dict) -> tuple[dict, dict]:
+    """(metrics, profiles) of the tasks beside the angle: {task | "baseline_<task>": metrics
+    (xecjax.tasks.metrics)} and {task: {"model" | "conventional": tasks.profile}}, the
+    conventional estimates on the events that have one."""
+    metrics_, profiles = {}, {}
+    for name in pred:
+        t = np.asarray(true[name], np.float64).reshape(len(true[name]), -1)
+        metrics_[name] = tasks.metrics(name, pred[name], t)
+        profiles[name] = {"model": tasks.profile(name, pred[name], t)}
+        if name in conventional:
+            c = conventional[name]
+            ok = np.isfinite(c).all(axis=1)
+            metrics_[f"baseline_{name}"] = tasks.metrics(name, c[ok], t[ok])
+            profiles[name]["conventional"] = tasks.profile(name, c[ok], t[ok])
+    return metrics_, profiles
 
 
 def _rate(batches: list[tuple[int, float]]) -> float | None:
@@ -348,7 +372,10 @@ def evaluate_run(
         shuffle=False,
         drop_remainder=False,
         fiducial=cfg["data"].get("fiducial", False),
-        extra_branches=("npho",) if with_baseline else (),
+        # raw npho (and absolute sensor times for the timing task) of the baselines
+        extra_branches=(("npho", "time") if "timing" in task_names else ("npho",))
+        if with_baseline
+        else (),
         targets=task_names,
     )
     out = Path(out_dir) if out_dir else workdir / f"evaluation_{which}{'' if ema else '_raw'}"
@@ -414,6 +441,8 @@ def evaluate_run(
                 info = {}
                 for k, v in baseline_angles(batch["npho"], batch["xyzVTX"], info).items():
                     acc[k].append(v[ok])
+                if "timing" in task_names:  # the sensor times from the fitted light position
+                    info["time_est"] = baseline.fit_time(batch["npho"], batch["time"], info["uvw"])
                 if task_names:
                     fit_acc.append({k: v[ok] for k, v in info.items()})
                 timing["baseline"].append((n_ok, time.time() - t))
@@ -427,17 +456,16 @@ def evaluate_run(
         if n_done == 0:  # inside the writers: their temporary files are removed, not renamed
             raise ValueError(f"no events to evaluate in {[s.path for s in sources]}")
     res = {k: np.concatenate(v) for k, v in acc.items()}
-    task_metrics = {
-        n: tasks.metrics(
-            n, np.concatenate(task_acc[f"pred_{n}"]), np.concatenate(task_acc[f"true_{n}"])
-        )  # fmt: skip
-        for n in task_names
-    }
-    if fit_acc and task_metrics:
-        fits = {k: np.concatenate([f[k] for f in fit_acc]) for k in fit_acc[0]}
-        trues = {n: np.concatenate(task_acc[f"true_{n}"]) for n in task_names}
-        for n, m in task_baselines(fits, trues).items():
-            task_metrics[f"baseline_{n}"] = m
+    task_metrics, task_profiles = {}, {}
+    if task_names:
+        t_pred = {n: np.concatenate(task_acc[f"pred_{n}"]) for n in task_names}
+        t_true = {n: np.concatenate(task_acc[f"true_{n}"]) for n in task_names}
+        conventional = {}
+        if fit_acc:
+            fits = {k: np.concatenate([f[k] for f in fit_acc]) for k in fit_acc[0]}
+            conventional = task_baselines(fits, t_true)
+        task_metrics, task_profiles = task_results(t_pred, t_true, conventional)
+        files["task_profiles"] = plots.plot_task_profiles(task_profiles, out / "task_profiles.pdf")
     vertex_aware = (MODEL_VERTEX,) if MODEL_VERTEX in res else ()
     methods = {"model": res["output"][:, :2], **{k: res[k] for k in (*vertex_aware, *references)}}
     metrics = {m: evaluation_metrics(p, res["true"]) for m, p in methods.items()}

@@ -144,6 +144,31 @@ def plot_resolution_profiles(profiles: Mapping[str, Mapping[str, Mapping]], path
     return Path(path)
 
 
+def plot_task_profiles(profiles: Mapping[str, Mapping[str, Mapping]], path) -> Path:
+    """profiles[task]["model" | "conventional"] = xecjax.tasks.profile dicts -> PDF: per task
+    (a row) the 68 % resolution and the bias in bins of the true value."""
+    from xecjax.tasks import UNIT
+
+    names = list(profiles)
+    with atomic_pdf(path) as pdf:
+        fig, axes = plt.subplots(len(names), 2, figsize=(11, 3.2 * len(names)), squeeze=False)
+        for row, name in enumerate(names):
+            unit = UNIT[name]
+            what = ("distance 68% (cm)", "w bias (cm)") if name == "uvw" else (
+                f"|residual| 68% ({unit})", f"bias ({unit})")  # fmt: skip
+            for col, (key, label) in enumerate(zip(("res68", "bias"), what, strict=True)):
+                ax = axes[row, col]
+                for i, (method, prof) in enumerate(profiles[name].items()):
+                    ax.plot(prof["centers"], prof[key], "o-" if i == 0 else "s--", ms=3,
+                            label=method)  # fmt: skip
+                    ax.set(xlabel=prof["variable"], ylabel=label)
+                ax.grid(alpha=0.3)
+                if col == 0:
+                    ax.legend(fontsize=7)
+        _save(fig, pdf)
+    return Path(path)
+
+
 def plot_scatter(
     true: np.ndarray, preds: Mapping[str, np.ndarray], path, max_points: int = 50_000
 ) -> Path:

@@ -204,3 +204,32 @@ def columns(pred: dict, true: dict | None = None) -> dict[str, np.ndarray]:
             for i, part in enumerate(parts):
                 out[f"{kind}_{part}"] = v[:, i]
     return out
+
+
+def profile(name: str, pred: np.ndarray, true: np.ndarray, bins: int = 10) -> dict:
+    """Resolution of one task in bins of its true value (energy, timing; uvw: the true depth w):
+    {"variable", "centers", "n", "res68" (68th percentile of |residual|, uvw: of the distance),
+    "bias" (median residual, uvw: of w)} with arrays [bins] (NaN in empty bins)."""
+    pred = np.asarray(pred, np.float64).reshape(len(pred), -1)
+    true = np.asarray(true, np.float64).reshape(len(true), -1)
+    d = pred - true
+    if name == "uvw":
+        var, size, signed, label = true[:, 2], np.linalg.norm(d, axis=1), d[:, 2], "true w (cm)"
+    else:
+        var, size, signed = true[:, 0], np.abs(d[:, 0]), d[:, 0]
+        label = f"true {name} ({UNIT[name]})"
+    out = {k: np.full(bins, np.nan) for k in ("n", "res68", "bias")}
+    out["variable"] = label
+    if len(var) == 0:
+        out["centers"] = np.full(bins, np.nan)
+        return out
+    edges = np.quantile(var, np.linspace(0, 1, bins + 1))  # equal-population bins
+    idx = np.clip(np.searchsorted(edges, var, side="right") - 1, 0, bins - 1)
+    for b in range(bins):
+        sel = idx == b
+        out["n"][b] = sel.sum()
+        if sel.any():
+            out["res68"][b] = np.percentile(size[sel], 68)
+            out["bias"][b] = np.median(signed[sel])
+    out["centers"] = (edges[:-1] + edges[1:]) / 2
+    return out
