@@ -46,6 +46,28 @@ def test_task_losses_by_hand():
     np.testing.assert_allclose(tasks.per_sample_task_loss(p3, t3, s3, "l1"), [1.0], rtol=1e-6)
 
 
+def test_gaussian_and_beta_nll_by_hand():
+    pred, true = jnp.asarray([[2.0]]), jnp.asarray([[0.0]])
+    scale = jnp.asarray([2.0])  # r = 1
+    log_sigma = jnp.log(jnp.asarray([[4.0]]))  # sigma 4 cm = 2 scales: s = log 2
+    s = np.log(2.0)
+    want = 0.5 * np.exp(-2 * s) + s
+    got = tasks.per_sample_task_loss(pred, true, scale, "gaussian_nll", log_sigma=log_sigma)
+    np.testing.assert_allclose(got, [want], rtol=1e-6)
+    got = tasks.per_sample_task_loss(pred, true, scale, "beta_nll", 0.5, log_sigma)
+    np.testing.assert_allclose(got, [want * 2.0], rtol=1e-6)  # sigma^(2 beta) = 2 scales
+    # the weight has no gradient: d/d log_sigma is that of the NLL times the weight
+    grad = jax.grad(lambda ls: tasks.per_sample_task_loss(pred, true, scale, "beta_nll", 0.5,
+                                                          ls).sum())(log_sigma)  # fmt: skip
+    np.testing.assert_allclose(grad, [[(-np.exp(-2 * s) + 1) * 2.0]], rtol=1e-5)
+    # calibration metrics: predicted sigma equal to the residuals' spread -> ratio 1
+    rng = np.random.default_rng(0)
+    t = rng.normal(size=(20000, 1))
+    m = tasks.metrics("energy", t * 0.3, np.zeros((20000, 1)), np.full((20000, 1), np.log(0.3)))
+    assert m["energy_pred_std_mean"] == pytest.approx(0.3)
+    assert m["energy_calibration_ratio"] == pytest.approx(1.0, abs=0.02)
+
+
 def test_task_metrics_by_hand():
     e_pred, e_true = np.array([1.0, 2.0, 3.0, 4.0]), np.array([1.5, 2.0, 2.0, 4.0])
     m = tasks.metrics("energy", e_pred, e_true)
@@ -189,6 +211,29 @@ def _inputs(model, real) -> np.ndarray:
     return np.asarray(norm(*(branches[b] for b in norm.branches)), np.float32)
 
 
+def test_a_gaussian_nll_head_predicts_sigma_and_trains(tmp_path):
+    """tasks.energy.loss = gaussian_nll: the head gives energy and its log sigma; one smoke
+    epoch logs energy_pred_std_mean and energy_calibration_ratio."""
+    from xecjax.checkpoint import read_meta
+    from xecjax.train import train_and_evaluate
+
+    config = load_config(MT)
+    config.tasks.energy.loss = "gaussian_nll"
+    config.tasks.timing.enabled = config.tasks.uvw.enabled = False
+    config.data.toy_dir = str(tmp_path / "toy")
+    config.tracking.mlflow_uri = f"sqlite:///{tmp_path / 'mlruns.db'}"
+    config.train.progress, config.train.epochs = False, 1
+    train_and_evaluate(config, tmp_path / "run")
+    meta = read_meta(tmp_path / "run", "last")[1]
+    assert meta["config"]["model"]["task_sigma"] == ["energy"]
+    row = meta["history"][-1]
+    assert row["energy_pred_std_mean"] > 0 and np.isfinite(row["energy_calibration_ratio"])
+    config.model.output = "point"
+    config.tasks.uvw.enabled, config.tasks.uvw.loss = True, "beta_nll"
+    with pytest.raises(ValueError, match="point model's uvw is its conversion point"):
+        tasks.configure_model(config)
+
+
 def test_a_point_model_s_uvw_task_is_its_conversion_point():
     config = load_config(MT)
     config.model.output = "point"
@@ -248,6 +293,14 @@ def test_multitask_evaluation_writes_every_task(mt):
     )
     assert "Task energy (GeV), model" in (out / "summary.md").read_text()
     assert (out / "task_profiles.pdf").stat().st_size > 1000
+    # saliency per task component: d output / d input on the saliency events, per face
+    sal = summary["task_saliency_per_face"]
+    assert set(sal) == {f"{k}/{c}" for k in ("energy", "timing", "u", "v", "w")
+                        for c in ("npho", "time")}  # fmt: skip
+    assert sal["energy/npho"]["inner"] > 0
+    arrays = np.load(out / "saliency.npz")
+    assert arrays["task_mean_abs"].shape == (5, 4760, 2)
+    assert list(arrays["task_labels"]) == ["energy", "timing", "u", "v", "w"]
 
 
 def test_multitask_onnx_outputs_and_real_data_inference(mt):

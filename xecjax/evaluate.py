@@ -176,6 +176,25 @@ def make_predict_and_saliency(apply_fn):
     return jax.jit(forward), jax.jit(saliency)
 
 
+def make_task_saliency(apply_fn, names: tuple[str, ...]):
+    """(jitted saliency(params, x) -> [B, K, 4760, 2], the K output labels) of the task heads
+    (xecjax.tasks): d output_k / d x_b for every component of every task (energy, timing, u,
+    v, w), from one forward pass and K vector-Jacobian products, as for the angles."""
+    labels = [part for n in names for part in (("u", "v", "w") if n == "uvw" else (n,))]
+
+    def heads(params, x):
+        out = apply_fn(params, x, train=False, rng=None, tasks=True)[1]
+        return jnp.concatenate([out[n].reshape(x.shape[0], -1) for n in names], -1)  # [B, K]
+
+    def saliency(params, x):
+        y, vjp = jax.vjp(lambda x_: heads(params, x_), x)
+        cotangents = jnp.stack([jnp.zeros_like(y).at[:, k].set(1.0) for k in range(y.shape[1])])
+        (grads,) = jax.vmap(vjp)(cotangents)
+        return jnp.moveaxis(grads, 0, 1)
+
+    return jax.jit(saliency), labels
+
+
 class WorstEvents:
     """The n events with the largest opening angle seen so far (a min-heap; streaming)."""
 
@@ -297,14 +316,17 @@ def task_baselines(fit: dict[str, np.ndarray], true: dict[str, np.ndarray]) -> d
     return out
 
 
-def task_results(pred: dict, true: dict, conventional: dict) -> tuple[dict, dict]:
+def task_results(
+    pred: dict, true: dict, conventional: dict, log_sigma: dict | None = None
+) -> tuple[dict, dict]:
     """(metrics, profiles) of the tasks beside the angle: {task | "baseline_<task>": metrics
-    (xecjax.tasks.metrics)} and {task: {"model" | "conventional": tasks.profile}}, the
-    conventional estimates on the events that have one."""
+    (xecjax.tasks.metrics, with the predicted uncertainty's where log_sigma has the task)} and
+    {task: {"model" | "conventional": tasks.profile}}, the conventional estimates on the
+    events that have one."""
     metrics_, profiles = {}, {}
     for name in pred:
         t = np.asarray(true[name], np.float64).reshape(len(true[name]), -1)
-        metrics_[name] = tasks.metrics(name, pred[name], t)
+        metrics_[name] = tasks.metrics(name, pred[name], t, (log_sigma or {}).get(name))
         profiles[name] = {"model": tasks.profile(name, pred[name], t)}
         if name in conventional:
             c = conventional[name]
@@ -399,6 +421,8 @@ def evaluate_run(
     task_acc = {f"{k}_{n}": [] for n in task_names for k in ("pred", "true")}
     fit_acc: list[dict] = []  # the point-source fit's uvw and yield (task baselines)
     sal_sum, n_sal, example = np.zeros((2, N_SENSORS, 2)), 0, {}
+    task_saliency, task_labels = make_task_saliency(apply_fn, task_names)
+    task_sal_sum = np.zeros((len(task_labels), N_SENSORS, 2))
     worst = WorstEvents(n_worst)
     timing = {"model": [], "baseline": []}  # per batch (events, seconds)
     n_done = 0
@@ -416,6 +440,9 @@ def evaluate_run(
                 if n_sal == 0:  # one event kept whole: its gradient map and its input
                     example = {"grad": grads[use][0], "x": batch["x"][use][0]}
                 sal_sum += np.abs(grads[use]).sum(0)
+                if task_names:  # the same events for every task component
+                    task_grads = np.asarray(task_saliency(params, batch["x"]))
+                    task_sal_sum += np.abs(task_grads[use]).sum(0)
                 n_sal += int(use.sum())
             else:
                 pred = np.asarray(predict(params, batch["x"]))
@@ -431,6 +458,9 @@ def evaluate_run(
                 for n in task_names:
                     task_acc[f"pred_{n}"].append(t_pred[n])
                     task_acc[f"true_{n}"].append(t_true[n])
+                    if f"{n}_log_sigma" in heads:  # a predicted uncertainty (gaussian_nll ...)
+                        sigma = np.asarray(heads[f"{n}_log_sigma"])[ok]
+                        task_acc.setdefault(f"sigma_{n}", []).append(sigma)
             tree.extend(val_tree_columns(output, true, *ids, b["energy"], b["xyzTruth"],
                                          b["xyzVTX"], t_pred, t_true))  # fmt: skip
             rows.writerows(zip(*(np.round(a, 5) for a in (*true.T, *pred.T)), *ids, strict=True))
@@ -464,7 +494,9 @@ def evaluate_run(
         if fit_acc:
             fits = {k: np.concatenate([f[k] for f in fit_acc]) for k in fit_acc[0]}
             conventional = task_baselines(fits, t_true)
-        task_metrics, task_profiles = task_results(t_pred, t_true, conventional)
+        sigma = {n: np.concatenate(task_acc[f"sigma_{n}"]) for n in task_names
+                 if task_acc.get(f"sigma_{n}")}  # fmt: skip
+        task_metrics, task_profiles = task_results(t_pred, t_true, conventional, sigma)
         files["task_profiles"] = plots.plot_task_profiles(task_profiles, out / "task_profiles.pdf")
     vertex_aware = (MODEL_VERTEX,) if MODEL_VERTEX in res else ()
     methods = {"model": res["output"][:, :2], **{k: res[k] for k in (*vertex_aware, *references)}}
@@ -475,7 +507,11 @@ def evaluate_run(
     plots.plot_scatter(res["true"], methods, files["scatter"])
     saliency = sal_sum / max(n_sal, 1)
     plots.plot_saliency(saliency, files["saliency"], n_sal)
-    _save_npz(files["saliency_arrays"], mean_abs=saliency, n_events=n_sal, **example)
+    task_sal = task_sal_sum / max(n_sal, 1)  # [K, 4760, 2]
+    extra_npz = (
+        {"task_mean_abs": task_sal, "task_labels": np.array(task_labels)} if task_names else {}
+    )
+    _save_npz(files["saliency_arrays"], mean_abs=saliency, n_events=n_sal, **example, **extra_npz)
     sentinels = (normaliser.sentinel_npho, normaliser.sentinel_time)
     plots.plot_worst_events(worst.events(), files["worst"], sentinels)
     per_face = plots.face_means(np.moveaxis(saliency, -1, 1))  # [2 out, 2 chan, 6 faces]
@@ -505,6 +541,21 @@ def evaluate_run(
             for j, c in enumerate(("npho", "time"))
         },
         "n_saliency_events": n_sal,
+        **(
+            {
+                "task_saliency_per_face": {
+                    f"{label}/{c}": dict(
+                        zip(plots.FACE_NAMES, values.round(10).tolist(), strict=True)
+                    )
+                    for label, per in zip(
+                        task_labels, plots.face_means(np.moveaxis(task_sal, -1, 1)), strict=True
+                    )
+                    for c, values in zip(("npho", "time"), per, strict=True)
+                }
+            }
+            if task_names
+            else {}
+        ),
         "events_per_s": {k: _rate(v) for k, v in timing.items()},
         "wall_time_s": round(time.time() - t0, 1),
         "files": {k: v.name for k, v in files.items()},

@@ -115,7 +115,7 @@ def make_eval_step(apply_fn, loss_fn, point_weight: float = 0.0, task_loss=None)
         pred, loss, task_out = predict_and_loss(
             apply_fn, sample_loss, task_loss, params, batch, False, jax.random.PRNGKey(0)
         )
-        return pred, loss, {k: v for k, v in task_out.items() if k in tasks.NAMES}
+        return pred, loss, {k: v for k, v in task_out.items() if k != "log_var"}
 
     return eval_fn
 
@@ -143,9 +143,10 @@ def evaluate(
             (valid, batch["valid"]),
         ):
             out.append(gather(a))
-        for name, a in task_out.items():
+        for name, a in task_out.items():  # values and log sigmas ("<task>_log_sigma")
             task_pred.setdefault(name, []).append(gather(a))
-            task_true.setdefault(name, []).append(gather(batch[name]))
+            if name in tasks.NAMES:
+                task_true.setdefault(name, []).append(gather(batch[name]))
     if not preds:
         raise ValueError("the validation set is empty: check config.data.val / val_fraction")
     pred, true = np.concatenate(preds), np.concatenate(trues)
@@ -155,7 +156,9 @@ def evaluate(
     out = metrics.angle_metrics(pred[ok], true[ok])
     out.update(metrics.reference_losses(pred[ok], true[ok], beta))
     out["val_loss"] = float(np.where(w > 0, w * loss, 0.0).sum() / max(w.sum(), 1e-12))
-    for name in task_pred:
+    for name in task_true:
         t_pred, t_true = np.concatenate(task_pred[name]), np.concatenate(task_true[name])
-        out.update(tasks.metrics(name, t_pred[ok], t_true[ok]))
+        sigma = task_pred.get(f"{name}_log_sigma")
+        sigma = np.concatenate(sigma)[ok] if sigma else None
+        out.update(tasks.metrics(name, t_pred[ok], t_true[ok], sigma))
     return out

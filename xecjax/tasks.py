@@ -38,7 +38,11 @@ TARGET_NORM = {
     "timing": ((2.5,), (1.0,)),
     "uvw": ((0.0, 0.0, 3.0), (20.0, 40.0, 4.0)),
 }
-LOSSES = ("smooth_l1", "l1", "mse", "relative_smooth_l1", "relative_l1")
+LOSSES = (
+    "smooth_l1", "l1", "mse", "relative_smooth_l1", "relative_l1", "gaussian_nll", "beta_nll"
+)  # fmt: skip
+# losses with a predicted uncertainty: the head also gives log sigma per component
+SIGMA_LOSSES = ("gaussian_nll", "beta_nll")
 BALANCES = ("manual", "auto")
 
 
@@ -51,9 +55,13 @@ def task_config() -> ml_collections.ConfigDict:
             {
                 "enabled": False,
                 # smooth_l1 | l1 | mse on (pred - true) / scale; relative_smooth_l1 |
-                # relative_l1 on (pred - true) / |true| (energy resolution is relative)
+                # relative_l1 on (pred - true) / |true| (energy resolution is relative);
+                # gaussian_nll | beta_nll: the head also predicts sigma (Gaussian negative
+                # log-likelihood; beta-NLL, Seitzer et al. 2022, weights it by sigma^(2 beta))
                 "loss": "smooth_l1",
-                "beta": 1.0,  # smooth_l1 transition, in units of the loss's residual
+                # smooth_l1: transition, in units of the residual; beta_nll: the exponent beta
+                # (0.5 is the paper's choice)
+                "beta": 1.0,
                 "weight": 1.0,  # loss_balance "manual"
             }
         )
@@ -85,8 +93,15 @@ def configure_model(config: ml_collections.ConfigDict) -> None:
     """Write the enabled tasks and their target normalisation into config.model (the part of
     the config that travels with checkpoints and ONNX files): model.tasks, model.task_norm."""
     names = enabled(config)
+    sigma = tuple(n for n in names if config.tasks[n].loss in SIGMA_LOSSES)
+    if "uvw" in sigma and config.model.get("output", "angles") == "point":
+        raise ValueError(
+            f"config.tasks.uvw.loss = {config.tasks.uvw.loss!r}: a point model's uvw is its "
+            "conversion point, which has no predicted sigma; use smooth_l1, l1 or mse"
+        )
     with config.unlocked():
         config.model.tasks = names
+        config.model.task_sigma = sigma
         config.model.task_norm = ml_collections.ConfigDict(
             {
                 n: {"offset": list(TARGET_NORM[n][0]), "scale": list(TARGET_NORM[n][1])}
@@ -104,6 +119,11 @@ def model_tasks(model_cfg: ml_collections.ConfigDict) -> tuple[str, ...]:
     return names
 
 
+def model_sigma(model_cfg: ml_collections.ConfigDict) -> tuple[str, ...]:
+    """The task heads that also predict log sigma (model.task_sigma; () for older models)."""
+    return tuple(model_cfg.get("task_sigma", ()) or ())
+
+
 def target_norm(model_cfg: ml_collections.ConfigDict, name: str) -> tuple[np.ndarray, np.ndarray]:
     """(offset, scale) float32 [width] of a task head of this model."""
     norm = model_cfg.get("task_norm", {}) or {}
@@ -115,12 +135,24 @@ def target_norm(model_cfg: ml_collections.ConfigDict, name: str) -> tuple[np.nda
     )
 
 
-def per_sample_task_loss(pred, true, scale, kind: str, beta: float = 1.0):
+def per_sample_task_loss(pred, true, scale, kind: str, beta: float = 1.0, log_sigma=None):
     """[B, w] prediction and target (physical units), scale [w] -> [B] (mean over components).
 
-    smooth_l1 / l1 / mse of (pred - true) / scale; relative_*: of (pred - true) / |true|."""
+    smooth_l1 / l1 / mse of r = (pred - true) / scale; relative_*: of (pred - true) / |true|;
+    gaussian_nll: 0.5 r^2 exp(-2 s) + s with s = log_sigma - log(scale) (log_sigma [B, w] in
+    physical units); beta_nll: that times sigma^(2 beta), the factor without gradient."""
+    import jax
     import jax.numpy as jnp
 
+    if kind in SIGMA_LOSSES:
+        if log_sigma is None:
+            raise ValueError(f"task loss {kind!r} needs the head's log sigma")
+        r = (pred - true) / scale
+        s = log_sigma - jnp.log(scale)
+        nll = 0.5 * r * r * jnp.exp(-2.0 * s) + s
+        if kind == "beta_nll":
+            nll = nll * jax.lax.stop_gradient(jnp.exp(2.0 * beta * s))
+        return nll.mean(-1)
     if kind.startswith("relative_"):
         r = (pred - true) / jnp.maximum(jnp.abs(true), 1e-12)
         kind = kind.removeprefix("relative_")
@@ -138,19 +170,27 @@ def per_sample_task_loss(pred, true, scale, kind: str, beta: float = 1.0):
     return e.mean(-1)
 
 
-def metrics(name: str, pred: np.ndarray, true: np.ndarray) -> dict[str, float]:
-    """The reference's metrics of one task (module docstring), pred / true [N, width]."""
+def metrics(name: str, pred: np.ndarray, true: np.ndarray, log_sigma=None) -> dict[str, float]:
+    """The reference's metrics of one task (module docstring), pred / true [N, width]; with a
+    predicted log sigma [N, width] also <task>_pred_std_mean (mean predicted sigma) and
+    <task>_calibration_ratio (that over the standard deviation of the residuals; 1 = calibrated).
+    """
     pred = np.asarray(pred, np.float64).reshape(len(pred), -1)
     true = np.asarray(true, np.float64).reshape(len(true), -1)
     if len(pred) == 0:
         return {}
     d = pred - true
+    out = {}
+    if log_sigma is not None:
+        sigma = np.exp(np.asarray(log_sigma, np.float64).reshape(len(pred), -1))
+        out[f"{name}_pred_std_mean"] = float(sigma.mean())
+        out[f"{name}_calibration_ratio"] = float(sigma.mean() / max(d.std(axis=0).mean(), 1e-30))
     if name in ("energy", "timing"):
         return {
             f"{name}_bias": float(d[:, 0].mean()),
             f"{name}_res_68pct": float(np.percentile(np.abs(d[:, 0]), 68)),
+            **out,
         }
-    out = {}
     for i, axis in enumerate("uvw"):
         out[f"uvw_{axis}_bias"] = float(d[:, i].mean())
         out[f"uvw_{axis}_res_68pct"] = float(np.percentile(np.abs(d[:, i]), 68))
@@ -180,7 +220,10 @@ def make_loss(config: ml_collections.ConfigDict):
         parts = [angle_loss]
         for n, kind, beta, _, scale in specs:
             true = batch[n].reshape(batch[n].shape[0], -1)  # energy, timing [B] -> [B, 1]
-            parts.append(per_sample_task_loss(task_out[n], true, jnp.asarray(scale), kind, beta))
+            log_sigma = task_out.get(f"{n}_log_sigma")
+            parts.append(
+                per_sample_task_loss(task_out[n], true, jnp.asarray(scale), kind, beta, log_sigma)
+            )
         if auto:
             s = task_out["log_var"]
             return sum(jnp.exp(-s[i]) * loss + s[i] for i, loss in enumerate(parts))

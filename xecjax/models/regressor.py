@@ -307,13 +307,15 @@ class TaskHeads(nnx.Module):
         self.names = taskdefs.model_tasks(cfg)
         self.from_point = "uvw" in self.names and cfg.get("output", "angles") == "point"
         self.heads = tuple(n for n in self.names if not (n == "uvw" and self.from_point))
+        self.sigma = taskdefs.model_sigma(cfg)  # heads that also give log sigma
         # (offset, scale) as tuples of floats: static, not state (arrays would become state)
         self.norm = tuple(
             tuple(tuple(float(v) for v in a) for a in taskdefs.target_norm(cfg, n))
             for n in self.heads
         )
         for n in self.heads:
-            head = RegressionHead(din, int(cfg.head_hidden), taskdefs.WIDTH[n],
+            width = taskdefs.WIDTH[n] * (2 if n in self.sigma else 1)  # values (, log sigma)
+            head = RegressionHead(din, int(cfg.head_hidden), width,
                                   dropout=float(cfg.head_dropout), dtype=dtype, rngs=rngs,
                                   angle_bias=False)  # fmt: skip
             setattr(self, f"{n}_head", head)
@@ -326,11 +328,16 @@ class TaskHeads(nnx.Module):
         keys = split_rng(rng, len(self.heads))
         for n, (offset, scale), key in zip(self.heads, self.norm, keys, strict=True):
             raw = getattr(self, f"{n}_head")(x, train=train, rng=key).astype(jnp.float32)
-            res[n] = jnp.asarray(offset, jnp.float32) + jnp.asarray(scale, jnp.float32) * raw
+            w = taskdefs.WIDTH[n]
+            scale = jnp.asarray(scale, jnp.float32)
+            res[n] = jnp.asarray(offset, jnp.float32) + scale * raw[:, :w]
+            if n in self.sigma:  # log sigma in physical units (the head's in units of scale)
+                res[f"{n}_log_sigma"] = jnp.log(scale) + raw[:, w:]
         if self.from_point:
             res["uvw"] = out[..., -3:].astype(jnp.float32)
         res["log_var"] = self.log_var[...]  # of loss_balance "auto" (xecjax.tasks.make_loss)
-        return {k: res[k] for k in (*self.names, "log_var")}
+        sig = tuple(f"{n}_log_sigma" for n in self.names if n in self.sigma)
+        return {k: res[k] for k in (*self.names, *sig, "log_var")}
 
 
 def task_heads(din: int, cfg: ml_collections.ConfigDict, *, dtype, rngs: nnx.Rngs):
