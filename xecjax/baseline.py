@@ -59,6 +59,12 @@ _INNER_AREA = AREAS[:N_SIPM].astype(np.float32)
 # ----------------------------------------------------------------------------------------------
 # Input handling and the window around the brightest region.
 # ----------------------------------------------------------------------------------------------
+def alive(npho) -> np.ndarray:
+    """Channels with a measurement, [N, 4760] bool: finite npho below INVALID_NPHO."""
+    npho = np.asarray(npho)
+    return np.isfinite(npho) & (npho < INVALID_NPHO)
+
+
 def _check_npho(npho) -> np.ndarray:
     npho = np.asarray(npho, np.float32)
     if npho.ndim != 2 or npho.shape[1] != N_SENSORS:
@@ -402,6 +408,6 @@ def fit_time(npho, time_s, uvw, min_npho: float = 50.0) -> np.ndarray:
     xyz = uvw_to_xyz(np.asarray(uvw, np.float64))
     dist = np.linalg.norm(POSITIONS[None].astype(np.float64) - xyz[:, None], axis=-1)
     t0 = time_s * 1e9 - LIGHT_SLOWNESS_NS_PER_CM * dist
-    ok = (npho >= min_npho) & (npho < 1e9) & (time_s < 1e9) & np.isfinite(time_s)
+    ok = alive(npho) & (npho >= min_npho) & (time_s < 1e9) & np.isfinite(time_s)
     with np.errstate(all="ignore"):
         return np.nanmedian(np.where(ok, t0, np.nan), axis=1)

@@ -151,21 +151,24 @@ def _write_text(path: Path, text: str) -> None:
 # ----------------------------------------------------------------------------------------------
 # Model-side pieces: prediction, saliency, worst events.
 # ----------------------------------------------------------------------------------------------
-def make_predict_and_saliency(apply_fn):
+def make_predict_and_saliency(apply_fn, with_tasks: bool = False):
     """Jitted predict(params, x) -> [B, C] and saliency(params, x) -> ([B, C], [B, 2, 4760, 2]).
 
     C is the model's output width (theta, phi first; xecjax.losses). saliency returns the whole
     prediction and d output_o / d x_b (o = theta, phi only) from one forward pass and two
     vector-Jacobian products; exact per event because in evaluation mode events do not
-    interact. Each is compiled on first use only.
+    interact. Each is compiled on first use only. with_tasks (a multi-task model, xecjax.tasks):
+    the prediction is ([B, C], {task: [B, width]}) from the same forward pass, in both.
     """
 
     def forward(params, x):
+        if with_tasks:
+            return apply_fn(params, x, train=False, rng=None, tasks=True)
         return apply_fn(params, x, train=False, rng=None)
 
     def angles_and_output(params, x):
         y = forward(params, x)
-        return y[:, :2], y
+        return (y[0] if with_tasks else y)[:, :2], y
 
     def saliency(params, x):
         y2, vjp, y = jax.vjp(lambda x_: angles_and_output(params, x_), x, has_aux=True)
@@ -272,8 +275,8 @@ def baseline_angles(npho, vtx, fit_info: dict | None = None) -> dict[str, np.nda
 
     fit, info = baseline.fit_point_source(npho, return_info=True)
     if fit_info is not None:
-        valid = np.isfinite(npho) & (np.asarray(npho) < 1e9)  # dead channels: 1e10 or NaN
-        fit_info.update(uvw=np.asarray(info["uvw"]), photon_sum=np.where(valid, npho, 0).sum(1))
+        total = np.where(baseline.alive(npho), npho, 0).sum(1)  # dead channels left out
+        fit_info.update(uvw=np.asarray(info["uvw"]), photon_sum=total)
     return {
         "baseline_fit": baseline.direction(fit),
         "baseline_centroid": baseline.direction(baseline.centroid(npho)),
@@ -414,8 +417,7 @@ def evaluate_run(
         "json": out / "summary.json",
         "md": out / "summary.md",
     }
-    predict, saliency_fn = make_predict_and_saliency(apply_fn)
-    predict_tasks = jax.jit(lambda p, x: apply_fn(p, x, False, None, tasks=True)[1])
+    predict, saliency_fn = make_predict_and_saliency(apply_fn, with_tasks=bool(task_names))
     references = (*BASELINES, TRUTH_POINT) if with_baseline else ()
     acc: dict[str, list] = {k: [] for k in ("output", "true", *references)}
     task_acc = {f"{k}_{n}": [] for n in task_names for k in ("pred", "true")}
@@ -431,11 +433,12 @@ def evaluate_run(
             ok = batch["valid"] & (np.cumsum(batch["valid"]) <= (max_events or np.inf) - n_done)
             if not ok.any():
                 break
-            b = {k: v[ok] for k, v in batch.items() if k not in ("x", "npho")}
+            b = {k: v[ok] for k, v in batch.items() if k not in ("x", "npho", "time")}
             n_ok = int(ok.sum())
             t = time.time()
             if n_sal < n_saliency:  # the first batches also give the saliency maps
-                pred, grads = (np.asarray(a) for a in saliency_fn(params, batch["x"]))
+                pred, grads = saliency_fn(params, batch["x"])
+                grads = np.asarray(grads)
                 use = ok & (np.cumsum(ok) <= n_saliency - n_sal)
                 if n_sal == 0:  # one event kept whole: its gradient map and its input
                     example = {"grad": grads[use][0], "x": batch["x"][use][0]}
@@ -445,14 +448,15 @@ def evaluate_run(
                     task_sal_sum += np.abs(task_grads[use]).sum(0)
                 n_sal += int(use.sum())
             else:
-                pred = np.asarray(predict(params, batch["x"]))
+                pred = jax.block_until_ready(predict(params, batch["x"]))
                 timing["model"].append((n_ok, time.time() - t))
-            output = pred[ok].astype(np.float32)  # [n, C]: theta, phi (+ uncertainty columns)
+            pred, heads = pred if task_names else (pred, {})  # one forward pass for both
+            # [n, C]: theta, phi (+ uncertainty columns)
+            output = np.asarray(pred)[ok].astype(np.float32)
             pred = output[:, :2]
             true, ids = b["angles"], (b["run"], b["event"])
             t_pred, t_true = {}, {}
-            if task_names:  # a second forward pass for the task heads (angle path unchanged)
-                heads = predict_tasks(params, batch["x"])
+            if task_names:  # the task heads of the same forward pass
                 t_pred = {n: np.asarray(heads[n])[ok] for n in task_names}
                 t_true = {n: b[n] for n in task_names}
                 for n in task_names:

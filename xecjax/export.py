@@ -41,6 +41,7 @@ import onnx
 import xecjax
 from xecjax.geometry import N_SENSORS
 from xecjax.normalise import Normaliser
+from xecjax.tasks import UNIT, model_tasks
 
 DEFAULT_OPSET = 18  # the lowest that passes the ONNX checker for these graphs (17 does not)
 PARITY_TOLERANCE_DEG = 1e-3
@@ -58,14 +59,11 @@ class ExportError(RuntimeError):
 # ----------------------------------------------------------------------------------------------
 # the largest |onnxruntime - JAX| accepted per output: degrees, GeV, ns, cm
 PARITY_TOLERANCE = {"output_energy": 1e-5, "output_timing": 1e-3, "output_uvw": 1e-3}
-UNITS = {"energy": "GeV", "timing": "ns", "uvw": "cm"}  # of the task outputs (xecjax.tasks)
 
 
 def output_names(model_cfg: Mapping[str, Any]) -> list[str]:
     """["output"] and, per task head of the model (xecjax.tasks), "output_<task>"."""
-    from xecjax.tasks import model_tasks
-
-    return [OUTPUT_NAME] + [f"{OUTPUT_NAME}_{t}" for t in model_tasks(_as_config(model_cfg))]
+    return [OUTPUT_NAME] + [f"{OUTPUT_NAME}_{t}" for t in _task_names(model_cfg)]
 
 
 def _as_config(model_cfg: Mapping[str, Any]) -> ml_collections.ConfigDict:
@@ -127,8 +125,6 @@ def onnx_function(
 
 
 def _task_names(model_cfg: Mapping[str, Any]) -> tuple[str, ...]:
-    from xecjax.tasks import model_tasks
-
     return model_tasks(_as_config(model_cfg))
 
 
@@ -446,7 +442,7 @@ def export_model(
 
         if verbose:
             for name, d in diffs.items():
-                unit = UNITS.get(name.split("_")[-1], "deg")
+                unit = UNIT.get(name.split("_")[-1], "deg")
                 print(f"parity {name:>12s}: max |onnxruntime - jax| = {d:.3g} {unit}", flush=True)
         bad = {n: d for n, d in diffs.items() if not d <= limit(n)}  # NaN fails too
         if bad:

@@ -370,9 +370,11 @@ def summary_markdown(summary: dict[str, Any]) -> str:
             + " (calibration.pdf)."
         )
         lines.append("")
+    from xecjax.tasks import UNIT
+
     for name, m in summary.get("tasks", {}).items():  # the heads beside the angle
         task = name.removeprefix("baseline_")
-        unit = {"energy": "GeV", "timing": "ns", "uvw": "cm"}[task]
+        unit = UNIT[task]
         who = "conventional" if name.startswith("baseline_") else "model"
         lines.append(
             f"Task {task} ({unit}), {who}: " + ", ".join(f"{k} {v:.4g}" for k, v in m.items())

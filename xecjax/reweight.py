@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 
 from xecjax.rootio import DataError, read_per_event
-from xecjax.split import Source
+from xecjax.split import Source, fingerprint
 
 _MODES = {"theta": (0,), "phi": (1,), "theta_phi": (0, 1)}
 
@@ -47,8 +47,7 @@ class Reweighter:
         if mode not in _MODES:
             raise ValueError(f"unknown reweighting mode {mode!r}: expected one of {list(_MODES)}")
         ident = [mode, bins, tree] + [
-            [s.path, s.start, s.stop, os.stat(s.path).st_size, os.stat(s.path).st_mtime_ns]
-            for s in sources
+            [s.path, s.start, s.stop, *fingerprint(s.path)] for s in sources
         ]
         key = hashlib.sha256(json.dumps(ident).encode()).hexdigest()[:16]
         cache = Path(cache_dir) / f"reweight_{mode}_{key}.json" if cache_dir else None

@@ -257,11 +257,9 @@ class RegressionHead(nnx.Module):
         # A direction vector (output "vector": dout 3 or 4) starts at the same direction.
         # angle_bias=False (the heads of the other tasks, normalised targets): zero.
         bias = np.zeros(dout, np.float32)
-        if not angle_bias:
-            pass
-        elif dout in (3, 4):
+        if angle_bias and dout in (3, 4):
             bias[:3] = geometry.angles_to_vec(*geometry.ACCEPTANCE_CENTER_DEG)
-        else:
+        elif angle_bias:
             bias[:2] = geometry.ACCEPTANCE_CENTER_DEG
         self.fc2.bias[...] = jnp.asarray(bias, self.fc2.bias[...].dtype)
         self.dropout = dropout
