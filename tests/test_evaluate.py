@@ -126,15 +126,13 @@ def test_worst_events_keeps_the_largest():
 @pytest.fixture(scope="module")
 def evaluated(tmp_path_factory):
     """A smoke run trained for one epoch on point-vertex toy data, then evaluated."""
-    from xecjax.config import load_config
+    from run_config import isolated_config
+
     from xecjax.train import train_and_evaluate
 
     base = tmp_path_factory.mktemp("evaluate")
-    config = load_config(f"{ROOT / 'configs' / 'convnext.py'}:smoke")
-    config.data.toy_dir = str(base / "toy")
+    config = isolated_config(f"{ROOT / 'configs' / 'convnext.py'}:smoke", base)
     config.data.toy_events = 96
-    config.tracking.mlflow_uri = f"sqlite:///{base / 'mlruns.db'}"
-    config.train.progress = False
     config.train.epochs = 1
     workdir = base / "run"
     train_and_evaluate(config, workdir)

@@ -17,9 +17,9 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import pytest
+from run_config import isolated_config
 
 from xecjax.checkpoint import load_for_inference
-from xecjax.config import load_config
 from xecjax.export import (
     PARITY_TOLERANCE_DEG,
     ExportError,
@@ -47,11 +47,8 @@ def run_dir(tmp_path_factory):
     from xecjax.train import train_and_evaluate
 
     base = tmp_path_factory.mktemp("export")
-    config = load_config(CONFIG)
-    config.data.toy_dir = str(base / "toy")
-    config.tracking.mlflow_uri = f"sqlite:///{base / 'mlruns.db'}"
+    config = isolated_config(CONFIG, base)
     config.tracking.tensorboard = False
-    config.train.progress = False
     config.train.epochs = 1
     train_and_evaluate(config, base / "run")
     return base / "run"

@@ -15,6 +15,7 @@ import optax
 import pytest
 import uproot
 from flax import nnx
+from run_config import isolated_config
 from tool_loader import load_tool
 
 from xecjax import geometry, tasks
@@ -189,10 +190,7 @@ def mt(tmp_path_factory):
     from xecjax.train import train_and_evaluate
 
     base = tmp_path_factory.mktemp("multitask")
-    config = load_config(MT)
-    config.data.toy_dir = str(base / "toy")
-    config.tracking.mlflow_uri = f"sqlite:///{base / 'mlruns.db'}"
-    config.train.progress = False
+    config = isolated_config(MT, base)
     work = base / "mt"
     train_and_evaluate(config, work)
     summary = evaluate_run(work, split="val", log_mlflow=False, n_saliency=16, n_worst=1)
@@ -217,12 +215,10 @@ def test_a_gaussian_nll_head_predicts_sigma_and_trains(tmp_path):
     from xecjax.checkpoint import read_meta
     from xecjax.train import train_and_evaluate
 
-    config = load_config(MT)
+    config = isolated_config(MT, tmp_path)
     config.tasks.energy.loss = "gaussian_nll"
     config.tasks.timing.enabled = config.tasks.uvw.enabled = False
-    config.data.toy_dir = str(tmp_path / "toy")
-    config.tracking.mlflow_uri = f"sqlite:///{tmp_path / 'mlruns.db'}"
-    config.train.progress, config.train.epochs = False, 1
+    config.train.epochs = 1
     train_and_evaluate(config, tmp_path / "run")
     meta = read_meta(tmp_path / "run", "last")[1]
     assert meta["config"]["model"]["task_sigma"] == ["energy"]

@@ -19,6 +19,7 @@ from pathlib import Path
 import jax
 import numpy as np
 import pytest
+from run_config import isolated_config
 
 from xecjax.checkpoint import Checkpointer, load_for_inference, read_meta
 from xecjax.config import load_config, parse_command_line
@@ -67,11 +68,8 @@ def base(tmp_path_factory):
 
 
 def smoke_config(base: Path, resume: str = "", **train):
-    config = load_config(CONFIG)
+    config = isolated_config(CONFIG, base)
     config.resume = resume
-    config.data.toy_dir = str(base / "toy")
-    config.tracking.mlflow_uri = f"sqlite:///{base / 'mlruns.db'}"
-    config.train.progress = False
     config.train.epochs = 4
     config.train.nan_policy = "skip"
     config.train.debug_nan_step = NAN_STEP
