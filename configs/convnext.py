@@ -49,6 +49,9 @@ def get_model_config(variant: str) -> ml_collections.ConfigDict:
     # soft-argmax over the inner-face CNN map plus depth (xecjax.models.regressor.PointHead)
     m.output = "angles"
     m.kappa = False  # vector / point: + log kappa of a von Mises-Fisher width (loss vmf)
+    # the measured positron vertex (xyzVTX, cm) as one more fusion token: the angle heads see
+    # where the gamma came from (ONNX input `vertex` [batch_size, 3]; real data: its xyzVTX)
+    m.vertex_input = False
     if variant == "toy":
         # 4 x 4 face grid as the reference: a 2 x 2 resize of the 46 x 21 inner map reads only
         # rows 11 and 34 (no antialias), leaving the face centre outside the token.

@@ -1,6 +1,6 @@
 // xec_onnx_infer: run an xecjax ONNX model with the ONNX Runtime C++ API.
 //
-//   xec_onnx_infer MODEL.onnx INPUT [--threads N] [--batch B]
+//   xec_onnx_infer MODEL.onnx INPUT [--threads N] [--batch B] [--vertex VERTEX]
 //
 // INPUT holds N events of 4760 x 2 float32 values, event-major then sensor then channel
 // (the layout of the ONNX input `input` [batch_size, 4760, 2]):
@@ -10,6 +10,8 @@
 // model metadata `input_kind`; this program prints it. It runs the events in batches of B
 // (default: all at once) and prints one line per event: "<index> <theta_deg> <phi_deg>", then
 // the other outputs of a multi-task model (energy_GeV, timing_ns, u_cm v_cm w_cm) if present.
+// A model with a vertex input (second ONNX input `vertex` [batch_size, 3], the positron vertex
+// xyzVTX in cm) needs --vertex VERTEX: N x 3 float32 values in the same formats as INPUT.
 // This is the pattern the MEG II analyzer follows; see macro/README.md for the build.
 
 #include <onnxruntime_cxx_api.h>
@@ -36,7 +38,9 @@ bool EndsWith(const std::string &s, const std::string &suffix)
    return s.size() >= suffix.size() && s.compare(s.size() - suffix.size(), suffix.size(), suffix) == 0;
 }
 
-std::vector<float> ReadEvents(const std::string &path)
+// N events of perEvent float32 values from a .bin / .raw or text file (see the header).
+std::vector<float> ReadEvents(const std::string &path, int64_t perEvent = kPerEvent,
+                              const char *layout = "events x 4760 sensors x 2 channels")
 {
    std::vector<float> values;
    if (EndsWith(path, ".bin") || EndsWith(path, ".raw")) {
@@ -55,10 +59,10 @@ std::vector<float> ReadEvents(const std::string &path)
       while (in >> v) values.push_back(v);
       if (!in.eof()) throw std::runtime_error(path + ": not a list of numbers");
    }
-   if (values.empty() || values.size() % kPerEvent != 0) {
+   if (values.empty() || values.size() % perEvent != 0) {
       std::ostringstream msg;
       msg << path << ": " << values.size() << " values, expected a positive multiple of "
-          << kPerEvent << " (events x 4760 sensors x 2 channels)";
+          << perEvent << " (" << layout << ")";
       throw std::runtime_error(msg.str());
    }
    return values;
@@ -67,12 +71,24 @@ std::vector<float> ReadEvents(const std::string &path)
 // The contract of DESIGN.md section 9: input `input` [batch, 4760, 2], output `output` [batch, 2];
 // a multi-task model (xecjax.tasks) has more outputs after it: output_energy [batch, 1] (GeV),
 // output_timing [batch, 1] (ns), output_uvw [batch, 3] (cm). Returns the output names and
-// widths, in the model's order.
+// widths, in the model's order. A second input must be `vertex` [batch, 3] (cm).
 std::vector<std::pair<std::string, int64_t>> CheckModel(Ort::Session &session)
 {
    Ort::AllocatorWithDefaultOptions alloc;
-   if (session.GetInputCount() != 1 || session.GetOutputCount() < 1)
-      throw std::runtime_error("model must have exactly one input and at least one output");
+   const size_t nIn = session.GetInputCount();
+   if (nIn < 1 || nIn > 2 || session.GetOutputCount() < 1)
+      throw std::runtime_error("model must have one input (plus optionally 'vertex') and at "
+                               "least one output");
+   if (nIn == 2) {
+      const std::string vtx = session.GetInputNameAllocated(1, alloc).get();
+      const Ort::TypeInfo vType = session.GetInputTypeInfo(1);
+      const auto vInfo = vType.GetTensorTypeAndShapeInfo();
+      const auto vShape = vInfo.GetShape();
+      if (vtx != "vertex" || vShape.size() != 2 || vShape[1] != 3 ||
+          vInfo.GetElementType() != ONNX_TENSOR_ELEMENT_DATA_TYPE_FLOAT)
+         throw std::runtime_error("model second input '" + vtx +
+                                  "' is not float32 vertex (batch_size, 3)");
+   }
    const std::string in = session.GetInputNameAllocated(0, alloc).get();
    const std::string out = session.GetOutputNameAllocated(0, alloc).get();
    if (in != "input" || out != "output")
@@ -135,12 +151,14 @@ void PrintMetadata(Ort::Session &session)
 int main(int argc, char **argv)
 {
    if (argc < 3) {
-      std::cerr << "usage: " << argv[0] << " MODEL.onnx INPUT [--threads N] [--batch B]\n";
+      std::cerr << "usage: " << argv[0]
+                << " MODEL.onnx INPUT [--threads N] [--batch B] [--vertex VERTEX]\n";
       return 2;
    }
    const std::string modelPath = argv[1], inputPath = argv[2];
    int threads = 1;
    int64_t batch = 0;
+   std::string vertexPath;
    if ((argc - 3) % 2 != 0) {
       std::cerr << "xec_onnx_infer: option " << argv[argc - 1] << " needs a value\n";
       return 2;
@@ -150,6 +168,7 @@ int main(int argc, char **argv)
          const std::string opt = argv[i];
          if (opt == "--threads") threads = static_cast<int>(ParsePositive(opt, argv[i + 1]));
          else if (opt == "--batch") batch = ParsePositive(opt, argv[i + 1]);
+         else if (opt == "--vertex") vertexPath = argv[i + 1];
          else {
             std::cerr << "xec_onnx_infer: unknown option " << opt << "\n";
             return 2;
@@ -171,7 +190,19 @@ int main(int argc, char **argv)
       std::vector<float> events = ReadEvents(inputPath);
       const int64_t n = static_cast<int64_t>(events.size()) / kPerEvent;
       if (batch <= 0) batch = n;
-      const char *inputNames[] = {"input"};
+      const bool withVertex = session.GetInputCount() == 2;
+      if (withVertex != !vertexPath.empty())
+         throw std::runtime_error(withVertex ? "the model has a vertex input: pass --vertex FILE "
+                                               "(N x 3 float32, xyzVTX in cm)"
+                                             : "--vertex given, but the model has no vertex input");
+      std::vector<float> vertices;
+      if (withVertex) {
+         vertices = ReadEvents(vertexPath, 3, "events x 3 vertex coordinates in cm");
+         if (static_cast<int64_t>(vertices.size()) / 3 != n)
+            throw std::runtime_error(vertexPath + ": " + std::to_string(vertices.size() / 3) +
+                                     " vertices for " + std::to_string(n) + " events");
+      }
+      const char *inputNames[] = {"input", "vertex"};
       std::vector<const char *> outputNames;
       std::string header = "# index theta_deg phi_deg";
       for (const auto &[name, width] : outputSpec) {
@@ -185,10 +216,15 @@ int main(int argc, char **argv)
       for (int64_t start = 0; start < n; start += batch) {
          const int64_t b = std::min(batch, n - start);
          const int64_t shape[] = {b, kSensors, kChannels};
-         Ort::Value input = Ort::Value::CreateTensor<float>(
-            memory, events.data() + start * kPerEvent, b * kPerEvent, shape, 3);
-         auto outputs = session.Run(Ort::RunOptions{nullptr}, inputNames, &input, 1,
-                                    outputNames.data(), outputNames.size());
+         const int64_t vShape[] = {b, 3};
+         std::vector<Ort::Value> inputs;
+         inputs.push_back(Ort::Value::CreateTensor<float>(
+            memory, events.data() + start * kPerEvent, b * kPerEvent, shape, 3));
+         if (withVertex)
+            inputs.push_back(Ort::Value::CreateTensor<float>(memory, vertices.data() + start * 3,
+                                                             b * 3, vShape, 2));
+         auto outputs = session.Run(Ort::RunOptions{nullptr}, inputNames, inputs.data(),
+                                    inputs.size(), outputNames.data(), outputNames.size());
          for (int64_t k = 0; k < b; ++k) {
             std::printf("%lld", static_cast<long long>(start + k));
             for (size_t o = 0; o < outputs.size(); ++o) {  // every output, in the model's order

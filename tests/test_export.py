@@ -163,6 +163,33 @@ def test_failing_parity_writes_nothing(exported, tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
+def test_a_checkpoint_of_before_the_task_heads_loads_and_exports(run_dir, tmp_path):
+    """Angle-only checkpoints written before the task heads and the vertex input existed have
+    no model.tasks, model.task_norm, model.vertex_input or config.tasks: they load, export
+    (parity-checked) with the one input and output of then, and predict what they did."""
+    from xecjax.export import export_run
+
+    old = tmp_path / "old_run"
+    shutil.copytree(run_dir / "checkpoints", old / "checkpoints")
+    for path in (old / "checkpoints").glob("*/*/meta/metadata"):
+        meta = json.loads(path.read_text())
+        for key in ("tasks", "task_norm", "vertex_input"):
+            meta["config"]["model"].pop(key)
+        meta["config"].pop("tasks")
+        path.write_text(json.dumps(meta))
+    model = export_run(old, tmp_path / "old.onnx", verbose=False)
+    sess = session(model)
+    assert [i.name for i in sess.get_inputs()] == ["input"]
+    assert [o.name for o in sess.get_outputs()] == ["output"]
+    model_cfg, _, params, apply_fn = load_for_inference(old)
+    assert "tasks" not in model_cfg
+    x = np.random.default_rng(1).normal(size=(3, 4760, 2)).astype(np.float32)
+    _, _, new_params, new_apply = load_for_inference(run_dir)
+    want = np.asarray(new_apply(new_params, x))
+    np.testing.assert_allclose(np.asarray(apply_fn(params, x)), want, rtol=1e-6)
+    np.testing.assert_allclose(sess.run(None, {"input": x})[0], want[:, :2], atol=1e-3)
+
+
 def test_opset_below_18_is_refused(run_dir, tmp_path, capsys):
     out = tmp_path / "m.onnx"
     assert load_export_cli()([str(run_dir), "--output", str(out), "--opset", "17"]) == 1

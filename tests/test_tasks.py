@@ -2,6 +2,7 @@
 re-derived, learned loss balancing, the heads in both model families, and a multi-task run
 end to end (configs/multitask.py:smoke)."""
 
+import csv
 import json
 import subprocess
 from pathlib import Path
@@ -224,6 +225,20 @@ def test_a_gaussian_nll_head_predicts_sigma_and_trains(tmp_path):
     assert meta["config"]["model"]["task_sigma"] == ["energy"]
     row = meta["history"][-1]
     assert row["energy_pred_std_mean"] > 0 and np.isfinite(row["energy_calibration_ratio"])
+    # the predicted sigma in val_tree and the predictions CSV (GeV, as the energy)
+    from xecjax.evaluate import evaluate_run
+
+    summary = evaluate_run(tmp_path / "run", split="val", log_mlflow=False, n_saliency=0,
+                           n_worst=0, with_baseline=False, max_events=40)  # fmt: skip
+    out = tmp_path / "run" / "evaluation_best"
+    tree = uproot.open(out / "validation_results_run.root")["val_tree"].arrays(library="np")
+    rows = list(csv.DictReader((out / "predictions_run.csv").open()))
+    assert list(rows[0])[6:] == ["pred_energy", "true_energy", "sigma_energy"]
+    sigma = np.array([float(r["sigma_energy"]) for r in rows])
+    np.testing.assert_allclose(sigma, tree["sigma_energy"], rtol=1e-4, atol=1e-5)
+    assert (sigma > 0).all()
+    std_mean = summary["tasks"]["energy"]["energy_pred_std_mean"]
+    assert std_mean == pytest.approx(sigma.mean(), rel=1e-3)
     config.model.output = "point"
     config.tasks.uvw.enabled, config.tasks.uvw.loss = True, "beta_nll"
     with pytest.raises(ValueError, match="point model's uvw is its conversion point"):
@@ -280,8 +295,13 @@ def test_multitask_evaluation_writes_every_task(mt):
     assert 0 < summary["tasks"]["baseline_energy"]["energy_res_68pct"] < 0.0054  # GeV
     out = mt["work"] / "evaluation_best"
     tree = uproot.open(out / "validation_results_mt.root")["val_tree"].arrays(library="np")
+    rows = list(csv.DictReader((out / "predictions_mt.csv").open()))
+    assert len(rows) == len(tree["pred_theta"])
     for part in ("energy", "timing", "u", "v", "w"):
         assert f"pred_{part}" in tree and f"true_{part}" in tree, part
+        for kind in ("pred", "true"):  # the same values in the predictions CSV
+            got = np.array([float(r[f"{kind}_{part}"]) for r in rows])
+            np.testing.assert_allclose(got, tree[f"{kind}_{part}"], rtol=1e-4, atol=1e-5)
     # the branches give the summary's numbers (the metric by hand on the written values)
     res = np.abs(tree["pred_energy"].astype(np.float64) - tree["true_energy"])
     assert summary["tasks"]["energy"]["energy_res_68pct"] == pytest.approx(

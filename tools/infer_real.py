@@ -100,13 +100,21 @@ def load_session(path: str | os.PathLike, device: str = "cpu", threads: int | No
 def check_signature(session, path) -> None:
     """The model's input and first output as the ONNX contract (DESIGN.md section 9) says,
     checked before any data is read: one float32 input (batch_size, 4760, 2) with a dynamic
-    batch, a float32 output (batch_size, 2) = (theta, phi) degrees."""
+    batch, a float32 output (batch_size, 2) = (theta, phi) degrees. A model with a vertex
+    input (model.vertex_input) has the second input "vertex" (batch_size, 3): the file's
+    xyzVTX."""
     inputs, outputs = session.get_inputs(), session.get_outputs()
     where = f"{str(path)!r}"
-    shape = inputs[0].shape if len(inputs) == 1 else None
-    if shape is None or len(shape) != 3 or list(shape[1:]) != [N_SENSORS, 2]:
+    shape = inputs[0].shape if 1 <= len(inputs) <= 2 else None
+    vertex_ok = len(inputs) == 1 or (
+        inputs[1].name == "vertex" and len(inputs[1].shape) == 2 and inputs[1].shape[1] == 3
+    )
+    if shape is None or len(shape) != 3 or list(shape[1:]) != [N_SENSORS, 2] or not vertex_ok:
         got = [(i.name, i.shape) for i in inputs]
-        raise ValueError(f"{where}: model inputs {got}; expected one input (N, {N_SENSORS}, 2)")
+        raise ValueError(
+            f"{where}: model inputs {got}; expected one input (N, {N_SENSORS}, 2), optionally "
+            "followed by 'vertex' (N, 3)"
+        )
     if inputs[0].type != "tensor(float)":
         raise ValueError(f"{where}: model input type {inputs[0].type}; expected float32")
     if isinstance(shape[0], int):
@@ -249,6 +257,12 @@ def run_inference(session, plan, normaliser: Normaliser, raw: bool, output: str 
                 trees.pop(path).file.close()
 
     name = session.get_inputs()[0].name
+    vertex = [i.name for i in session.get_inputs()[1:]]  # ["vertex"]: the model reads xyzVTX
+    lacking = [path for path, _, present in plan if "xyzVTX" not in present]
+    if vertex and lacking:
+        raise DataError(
+            f"the model has a vertex input (xyzVTX, cm) but {lacking} have no branch 'xyzVTX'"
+        )
     outputs = [o.name for o in session.get_outputs()]
     bar = tqdm(total=sum(n for _, n, _ in plan), unit="ev", desc="infer",
                disable=True if not progress else None)  # fmt: skip
@@ -261,8 +275,11 @@ def run_inference(session, plan, normaliser: Normaliser, raw: bool, output: str 
                 if i + 1 < len(tasks):  # read and normalise the next chunk while this one runs
                     ahead = pool.submit(load, tasks[i + 1])
                 try:
-                    runs = [session.run(None, {name: x[b : b + batch_size]})
-                            for b in range(0, len(x), batch_size)]  # fmt: skip
+                    feeds = [{name: x[b : b + batch_size],
+                              **{v: reco["xyzVTX"][b : b + batch_size].astype(np.float32)
+                                 for v in vertex}}
+                             for b in range(0, len(x), batch_size)]  # fmt: skip
+                    runs = [session.run(None, f) for f in feeds]
                     pred = np.concatenate([r[0][:, :2] for r in runs]).astype(np.float32)
                     # the other outputs of a multi-task model: output_energy, ... (xecjax.tasks)
                     heads = {o.removeprefix("output_"): np.concatenate([r[k] for r in runs])

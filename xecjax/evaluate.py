@@ -53,6 +53,7 @@ import os
 import sys
 import time
 import warnings
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -71,6 +72,7 @@ from xecjax.metrics import (
     uncertainty_columns,
     uncertainty_metrics,
 )
+from xecjax.models import needs_vertex
 from xecjax.rootio import TreeWriter
 
 CSV_COLUMNS = ("true_theta", "true_phi", "pred_theta", "pred_phi", "run", "event")
@@ -122,14 +124,15 @@ def val_tree_columns(
 
 
 @contextlib.contextmanager
-def csv_writer(path: str | os.PathLike):
-    """csv.writer on a temporary file, renamed to path when the block completes."""
+def csv_writer(path: str | os.PathLike, extra: Sequence[str] = ()):
+    """csv.writer on a temporary file, renamed to path when the block completes. Header:
+    CSV_COLUMNS, then `extra` (the task columns of a multi-task model, task_csv_columns)."""
     path = Path(path)
     tmp = path.parent / f".{path.name}.tmp{os.getpid()}"
     try:
         with open(tmp, "w", newline="") as f:
             w = csv.writer(f)
-            w.writerow(CSV_COLUMNS)
+            w.writerow((*CSV_COLUMNS, *extra))
             yield w
         os.replace(tmp, path)
     finally:
@@ -151,8 +154,21 @@ def _write_text(path: Path, text: str) -> None:
 # ----------------------------------------------------------------------------------------------
 # Model-side pieces: prediction, saliency, worst events.
 # ----------------------------------------------------------------------------------------------
+def task_csv_columns(model_cfg) -> tuple[str, ...]:
+    """The predictions-CSV columns after CSV_COLUMNS for a model's task heads: pred_, true_
+    (and sigma_ for a head with a predicted uncertainty) energy, timing, u, v, w."""
+    names = tasks.model_tasks(model_cfg)
+    sigma = tasks.model_sigma(model_cfg)
+    out = []
+    for n in names:
+        for part in ("u", "v", "w") if n == "uvw" else (n,):
+            out += [f"pred_{part}", f"true_{part}"] + ([f"sigma_{part}"] if n in sigma else [])
+    return tuple(out)
+
+
 def make_predict_and_saliency(apply_fn, with_tasks: bool = False):
-    """Jitted predict(params, x) -> [B, C] and saliency(params, x) -> ([B, C], [B, 2, 4760, 2]).
+    """Jitted predict(params, x, vertex=None) -> [B, C] and saliency(params, x, vertex=None) ->
+    ([B, C], [B, 2, 4760, 2]); vertex [B, 3] cm for a model with model.vertex_input.
 
     C is the model's output width (theta, phi first; xecjax.losses). saliency returns the whole
     prediction and d output_o / d x_b (o = theta, phi only) from one forward pass and two
@@ -161,17 +177,18 @@ def make_predict_and_saliency(apply_fn, with_tasks: bool = False):
     the prediction is ([B, C], {task: [B, width]}) from the same forward pass, in both.
     """
 
-    def forward(params, x):
+    def forward(params, x, vertex=None):
+        extra = {} if vertex is None else {"vertex": vertex}
         if with_tasks:
-            return apply_fn(params, x, train=False, rng=None, tasks=True)
-        return apply_fn(params, x, train=False, rng=None)
+            return apply_fn(params, x, train=False, rng=None, tasks=True, **extra)
+        return apply_fn(params, x, train=False, rng=None, **extra)
 
-    def angles_and_output(params, x):
-        y = forward(params, x)
+    def angles_and_output(params, x, vertex):
+        y = forward(params, x, vertex)
         return (y[0] if with_tasks else y)[:, :2], y
 
-    def saliency(params, x):
-        y2, vjp, y = jax.vjp(lambda x_: angles_and_output(params, x_), x, has_aux=True)
+    def saliency(params, x, vertex=None):
+        y2, vjp, y = jax.vjp(lambda x_: angles_and_output(params, x_, vertex), x, has_aux=True)
         cotangents = jnp.stack([jnp.zeros_like(y2).at[:, o].set(1.0) for o in range(2)])
         (grads,) = jax.vmap(vjp)(cotangents)  # one backward pass traced, batched over outputs
         return y, jnp.moveaxis(grads, 0, 1)
@@ -180,17 +197,19 @@ def make_predict_and_saliency(apply_fn, with_tasks: bool = False):
 
 
 def make_task_saliency(apply_fn, names: tuple[str, ...]):
-    """(jitted saliency(params, x) -> [B, K, 4760, 2], the K output labels) of the task heads
+    """(jitted saliency(params, x, vertex=None) -> [B, K, 4760, 2], the K output labels) of the
+    task heads
     (xecjax.tasks): d output_k / d x_b for every component of every task (energy, timing, u,
     v, w), from one forward pass and K vector-Jacobian products, as for the angles."""
     labels = [part for n in names for part in (("u", "v", "w") if n == "uvw" else (n,))]
 
-    def heads(params, x):
-        out = apply_fn(params, x, train=False, rng=None, tasks=True)[1]
+    def heads(params, x, vertex):
+        extra = {} if vertex is None else {"vertex": vertex}
+        out = apply_fn(params, x, train=False, rng=None, tasks=True, **extra)[1]
         return jnp.concatenate([out[n].reshape(x.shape[0], -1) for n in names], -1)  # [B, K]
 
-    def saliency(params, x):
-        y, vjp = jax.vjp(lambda x_: heads(params, x_), x)
+    def saliency(params, x, vertex=None):
+        y, vjp = jax.vjp(lambda x_: heads(params, x_, vertex), x)
         cotangents = jnp.stack([jnp.zeros_like(y).at[:, k].set(1.0) for k in range(y.shape[1])])
         (grads,) = jax.vmap(vjp)(cotangents)
         return jnp.moveaxis(grads, 0, 1)
@@ -428,8 +447,14 @@ def evaluate_run(
     worst = WorstEvents(n_worst)
     timing = {"model": [], "baseline": []}  # per batch (events, seconds)
     n_done = 0
-    with TreeWriter(files["root"], "val_tree") as tree, csv_writer(files["csv"]) as rows:
+    csv_extra = task_csv_columns(model_cfg)
+    with_vertex = needs_vertex(model_cfg)  # the model reads the event's xyzVTX
+    with (
+        TreeWriter(files["root"], "val_tree") as tree,
+        csv_writer(files["csv"], csv_extra) as rows,
+    ):
         for batch in loader.epoch(0):
+            vtx = batch["xyzVTX"] if with_vertex else None
             ok = batch["valid"] & (np.cumsum(batch["valid"]) <= (max_events or np.inf) - n_done)
             if not ok.any():
                 break
@@ -437,18 +462,18 @@ def evaluate_run(
             n_ok = int(ok.sum())
             t = time.time()
             if n_sal < n_saliency:  # the first batches also give the saliency maps
-                pred, grads = saliency_fn(params, batch["x"])
+                pred, grads = saliency_fn(params, batch["x"], vtx)
                 grads = np.asarray(grads)
                 use = ok & (np.cumsum(ok) <= n_saliency - n_sal)
                 if n_sal == 0:  # one event kept whole: its gradient map and its input
                     example = {"grad": grads[use][0], "x": batch["x"][use][0]}
                 sal_sum += np.abs(grads[use]).sum(0)
                 if task_names:  # the same events for every task component
-                    task_grads = np.asarray(task_saliency(params, batch["x"]))
+                    task_grads = np.asarray(task_saliency(params, batch["x"], vtx))
                     task_sal_sum += np.abs(task_grads[use]).sum(0)
                 n_sal += int(use.sum())
             else:
-                pred = jax.block_until_ready(predict(params, batch["x"]))
+                pred = jax.block_until_ready(predict(params, batch["x"], vtx))
                 timing["model"].append((n_ok, time.time() - t))
             pred, heads = pred if task_names else (pred, {})  # one forward pass for both
             # [n, C]: theta, phi (+ uncertainty columns)
@@ -465,9 +490,13 @@ def evaluate_run(
                     if f"{n}_log_sigma" in heads:  # a predicted uncertainty (gaussian_nll ...)
                         sigma = np.asarray(heads[f"{n}_log_sigma"])[ok]
                         task_acc.setdefault(f"sigma_{n}", []).append(sigma)
+                        t_pred[f"{n}_log_sigma"] = sigma  # sigma_<part> branches and columns
             tree.extend(val_tree_columns(output, true, *ids, b["energy"], b["xyzTruth"],
                                          b["xyzVTX"], t_pred, t_true))  # fmt: skip
-            rows.writerows(zip(*(np.round(a, 5) for a in (*true.T, *pred.T)), *ids, strict=True))
+            task_cols = tasks.columns(t_pred, t_true)
+            extra_cols = (np.round(task_cols[c], 5) for c in csv_extra)
+            rows.writerows(zip(*(np.round(a, 5) for a in (*true.T, *pred.T)), *ids, *extra_cols,
+                               strict=True))  # fmt: skip
             acc["output"].append(output)
             acc["true"].append(true)
             if with_baseline:  # on the whole padded batch: one jitted shape

@@ -7,7 +7,10 @@ The exported graph follows the contract of DESIGN.md section 9: one input `input
 in degrees (an uncertainty model's log-sigma columns are dropped). By default the input is the
 normalised features of DESIGN.md section 5; with `raw_input=True` the Normaliser is part of the
 graph and the input holds the raw per-sensor branches (channel 0: the Normaliser's npho branch,
-channel 1: its time branch, in seconds), so a C++ user need not re-implement it.
+channel 1: its time branch, in seconds), so a C++ user need not re-implement it. A multi-task
+model adds one output per task (`output_energy`, `output_timing`, `output_uvw`); a model with
+model.vertex_input adds the input `vertex` float32 [batch_size, 3], the measured positron vertex
+(xyzVTX) in cm.
 
 Architecture, weights and Normaliser come from the checkpoint (`checkpoint.load_for_inference`),
 never from flags. The file is self-contained (weights as initializers) and carries metadata_props:
@@ -40,6 +43,7 @@ import onnx
 
 import xecjax
 from xecjax.geometry import N_SENSORS
+from xecjax.models import needs_vertex
 from xecjax.normalise import Normaliser
 from xecjax.tasks import UNIT, model_tasks
 
@@ -47,6 +51,8 @@ DEFAULT_OPSET = 18  # the lowest that passes the ONNX checker for these graphs (
 PARITY_TOLERANCE_DEG = 1e-3
 PARITY_BATCHES = (1, 7, 256)
 INPUT_NAME, OUTPUT_NAME = "input", "output"
+# the second input of a model with model.vertex_input: the positron vertex (xyzVTX) [B, 3] cm
+VERTEX_NAME = "vertex"
 INPUT_KINDS = ("normalised", "raw")
 
 
@@ -66,6 +72,16 @@ def output_names(model_cfg: Mapping[str, Any]) -> list[str]:
     return [OUTPUT_NAME] + [f"{OUTPUT_NAME}_{t}" for t in _task_names(model_cfg)]
 
 
+def input_names(model_cfg: Mapping[str, Any]) -> list[str]:
+    """["input"], and "vertex" (xyzVTX [batch_size, 3] cm) for a model with
+    model.vertex_input."""
+    return [INPUT_NAME] + ([VERTEX_NAME] if _has_vertex(model_cfg) else [])
+
+
+def _has_vertex(model_cfg: Mapping[str, Any]) -> bool:
+    return needs_vertex(_as_config(model_cfg))
+
+
 def _as_config(model_cfg: Mapping[str, Any]) -> ml_collections.ConfigDict:
     return ml_collections.ConfigDict(_as_dict(model_cfg))
 
@@ -75,24 +91,29 @@ def angles_function(
     params: Any,
     normaliser: Normaliser | None = None,
     task_names: tuple[str, ...] = (),
+    vertex: bool = False,
 ) -> Callable[[jax.Array], jax.Array]:
     """Pure x [B, 4760, 2] -> (theta, phi) [B, 2] degrees, closing over the parameters; with
     task_names (the model's task heads, xecjax.tasks) the tuple of that and each task's
-    [B, width] output in physical units (the ONNX outputs of output_names).
+    [B, width] output in physical units (the ONNX outputs of output_names). With `vertex`
+    (model.vertex_input) the function is fn(x, vertex [B, 3] cm) (the ONNX inputs of
+    input_names).
 
     With a normaliser, x holds the raw (npho, time) branches and is normalised inside (the
     Normaliser's jax path, so the graph and the training pipeline share one definition).
     """
 
-    def fn(x: jax.Array) -> jax.Array:
+    def run(x: jax.Array, extra: dict) -> jax.Array:
         if normaliser is not None:
             x = normaliser(x[..., 0], x[..., 1])
         if not task_names:
-            return apply_fn(params, x, train=False)[..., :2]
-        out, tasks = apply_fn(params, x, train=False, tasks=True)
+            return apply_fn(params, x, train=False, **extra)[..., :2]
+        out, tasks = apply_fn(params, x, train=False, tasks=True, **extra)
         return (out[..., :2], *(tasks[t] for t in task_names))
 
-    return fn
+    if vertex:
+        return lambda x, vtx: run(x, {"vertex": vtx})
+    return lambda x: run(x, {})
 
 
 def onnx_function(
@@ -121,7 +142,9 @@ def onnx_function(
 
         cfg = ml_collections.ConfigDict({**_as_dict(model_cfg), "dwconv": "onnx"})
         apply_fn = make_apply(nnx.eval_shape(lambda: build_model(cfg, rngs=nnx.Rngs(0))))[1]
-    return angles_function(apply_fn, params, normaliser, _task_names(model_cfg))
+    return angles_function(
+        apply_fn, params, normaliser, _task_names(model_cfg), _has_vertex(model_cfg)
+    )
 
 
 def _task_names(model_cfg: Mapping[str, Any]) -> tuple[str, ...]:
@@ -209,10 +232,13 @@ def to_onnx_model(
     metadata: Mapping[str, str],
     opset: int = DEFAULT_OPSET,
     outputs: Sequence[str] = (OUTPUT_NAME,),
+    inputs: Sequence[str] = (INPUT_NAME,),
 ) -> onnx.ModelProto:
     """jax2onnx conversion of fn with a symbolic batch, reshape targets folded
     (`fold_batch_shapes`); metadata set; ONNX checker passed. `outputs`: the names of fn's
-    outputs (one, or one per element of the tuple it returns)."""
+    outputs (one, or one per element of the tuple it returns); `inputs`: of its arguments,
+    "input" [batch_size, 4760, 2] and optionally "vertex" [batch_size, 3]."""
+    shapes = {INPUT_NAME: ("batch_size", N_SENSORS, 2), VERTEX_NAME: ("batch_size", 3)}
     from jax2onnx import to_onnx
 
     if int(opset) < DEFAULT_OPSET:
@@ -226,11 +252,11 @@ def to_onnx_model(
         with _linear_time_output_check():
             model = to_onnx(
                 fn,
-                inputs=[("batch_size", N_SENSORS, 2)],
+                inputs=[shapes[n] for n in inputs],
                 model_name="xecjax",
                 opset=int(opset),
                 return_mode="proto",
-                input_names=[INPUT_NAME],
+                input_names=list(inputs),
                 output_names=list(outputs),
                 normalization_mode="prefer_native",
             )
@@ -322,8 +348,12 @@ def save_model(model: onnx.ModelProto, output: str | os.PathLike) -> Path:
 # ----------------------------------------------------------------------------------------------
 # Parity
 # ----------------------------------------------------------------------------------------------
-def parity_inputs(normaliser: Normaliser, raw_input: bool, n: int = 256, seed: int = 0):
-    """{"toy": x, "random": x}, float32 [n, 4760, 2] test inputs for the parity check.
+def parity_inputs(
+    normaliser: Normaliser, raw_input: bool, n: int = 256, seed: int = 0, vertex: bool = False
+):
+    """{"toy": x, "random": x}, float32 [n, 4760, 2] test inputs for the parity check; with
+    `vertex` each is {"input": x, "vertex": [n, 3] cm} (the toy's xyzVTX; random: uniform
+    within +-10 cm).
 
     Toy events come from the simulation (its npho / time branches, normalised unless raw_input);
     random inputs cover the feature range including the -1 sentinels (raw: photons up to 5000
@@ -343,7 +373,11 @@ def parity_inputs(normaliser: Normaliser, raw_input: bool, n: int = 256, seed: i
     else:
         rand = rng.normal(0.0, 1.0, (n, N_SENSORS, 2))
         rand[rng.random((n, N_SENSORS, 2)) < 0.05] = -1.0
-    return {"toy": np.asarray(toy, np.float32), "random": rand.astype(np.float32)}
+    out = {"toy": np.asarray(toy, np.float32), "random": rand.astype(np.float32)}
+    if vertex:
+        vtx = {"toy": sim["xyzVTX"], "random": rng.uniform(-10, 10, (n, 3))}
+        out = {k: {INPUT_NAME: x, VERTEX_NAME: vtx[k].astype(np.float32)} for k, x in out.items()}
+    return out
 
 
 def import_onnxruntime():
@@ -363,7 +397,7 @@ def import_onnxruntime():
 def parity_check(
     model: onnx.ModelProto | str | os.PathLike,
     fn: Callable[[jax.Array], jax.Array],
-    inputs: Mapping[str, np.ndarray],
+    inputs: Mapping[str, np.ndarray | Mapping[str, np.ndarray]],
     batches=PARITY_BATCHES,
 ) -> dict[str, float]:
     """Max |onnxruntime - JAX| per input kind and batch size, {"toy[7]": diff, ...} for the
@@ -371,7 +405,8 @@ def parity_check(
     of a multi-task model (fn returns a tuple, in the order of the model's outputs).
 
     onnxruntime runs each batch size (the dynamic batch is what is tested); JAX runs each input
-    once at its full size and is sliced, which saves a compilation per batch size.
+    once at its full size and is sliced, which saves a compilation per batch size. An input
+    is the array of "input", or {ONNX input name: array} (fn's arguments in that order).
     """
     ort = import_onnxruntime()
 
@@ -381,12 +416,13 @@ def parity_check(
     jitted = jax.jit(fn)
     diffs = {}
     for kind, x in inputs.items():
-        want = jitted(jnp.asarray(x))
+        feeds = dict(x) if isinstance(x, Mapping) else {INPUT_NAME: x}
+        want = jitted(*(jnp.asarray(a) for a in feeds.values()))
         want = [np.asarray(w, np.float64) for w in (want if isinstance(want, tuple) else (want,))]
         if len(want) != len(names):
             raise ExportError(f"parity: the ONNX model has outputs {names}, JAX {len(want)}")
         for b in batches:
-            got = session.run(names, {INPUT_NAME: x[:b]})
+            got = session.run(names, {k: a[:b] for k, a in feeds.items()})
             for name, g, w in zip(names, got, want, strict=True):
                 key = f"{kind}[{b}]" + ("" if name == OUTPUT_NAME else f" {name}")
                 if g.shape != w[:b].shape:
@@ -425,16 +461,16 @@ def export_model(
     norm = normaliser if raw_input else None
     names = _task_names(model_cfg)
     # the trained formulation: parity reference
-    fn = angles_function(apply_fn, params, norm, names)
+    fn = angles_function(apply_fn, params, norm, names, _has_vertex(model_cfg))
     exported = onnx_function(apply_fn, params, model_cfg, norm)
     meta = build_metadata(
         normaliser, model_cfg, raw_input=raw_input, opset=opset, run_id=run_id,
         checkpoint=checkpoint,
     )  # fmt: skip
-    model = to_onnx_model(exported, meta, opset, output_names(model_cfg))
+    model = to_onnx_model(exported, meta, opset, output_names(model_cfg), input_names(model_cfg))
     diffs: dict[str, float] = {}
     if check:
-        inputs = parity_inputs(normaliser, raw_input, max(batches))
+        inputs = parity_inputs(normaliser, raw_input, max(batches), vertex=_has_vertex(model_cfg))
         diffs = parity_check(model, fn, inputs, batches)
 
         def limit(key: str) -> float:

@@ -31,6 +31,10 @@ from xecjax.geometry import N_SENSORS
 
 SCHEMES = ("log1p", "sqrt", "anscombe", "linear")
 INVALID = 9e9  # |value| above this (the 1e10 marker of dead channels) is invalid
+# The measured positron vertex (xyzVTX, cm) as a model input (model.vertex_input) is divided
+# by this: the slanted target's spread (sigma_z ~ 3.7 cm) becomes order 1. A constant of the
+# code, the same for every model (the ONNX input `vertex` takes cm).
+VERTEX_SCALE_CM = 5.0
 _F = np.float32
 _BLOCK = 32  # events per block of the NumPy path: ~0.6 MB per float32 array, fits in L2
 

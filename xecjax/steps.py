@@ -19,6 +19,7 @@ from jax.sharding import NamedSharding
 
 from xecjax import losses, metrics, tasks
 from xecjax.distributed import to_global
+from xecjax.models import needs_vertex
 
 
 def per_sample_loss(loss_fn, point_weight: float):
@@ -46,13 +47,17 @@ def init_state(params, tx, seed: int) -> dict[str, Any]:
     }
 
 
-def predict_and_loss(apply_fn, sample_loss, task_loss, params, batch, train: bool, rng):
+def predict_and_loss(
+    apply_fn, sample_loss, task_loss, params, batch, train: bool, rng, vertex: bool = False
+):
     """(angle output [B, C] float32, per-sample loss [B], task outputs {task: [B, w]}) of one
-    batch; with task_loss (xecjax.tasks.make_loss) the loss is the total over the tasks."""
+    batch; with task_loss (xecjax.tasks.make_loss) the loss is the total over the tasks. With
+    `vertex` (model.vertex_input) the model also reads the batch's xyzVTX."""
+    extra = {"vertex": batch["xyzVTX"]} if vertex else {}
     if task_loss is None:
-        pred = apply_fn(params, batch["x"], train, rng).astype(jnp.float32)
+        pred = apply_fn(params, batch["x"], train, rng, **extra).astype(jnp.float32)
         return pred, sample_loss(pred, batch), {}
-    pred, task_out = apply_fn(params, batch["x"], train, rng, tasks=True)
+    pred, task_out = apply_fn(params, batch["x"], train, rng, tasks=True, **extra)
     pred = pred.astype(jnp.float32)
     return pred, task_loss(sample_loss(pred, batch), task_out, batch), task_out
 
@@ -72,13 +77,14 @@ def make_train_step(apply_fn, tx, loss_fn, config: ml_collections.ConfigDict):
     nan_step = int(config.train.debug_nan_step)
     sample_loss = per_sample_loss(loss_fn, float(config.optim.get("point_weight", 0.0)))
     task_loss = tasks.make_loss(config)
+    vertex = needs_vertex(config.model)
 
     def step_fn(state, batch):
         rng = jax.random.fold_in(state["rng"], state["step"])
 
         def loss_of(params):
             _, per_sample, _ = predict_and_loss(
-                apply_fn, sample_loss, task_loss, params, batch, True, rng
+                apply_fn, sample_loss, task_loss, params, batch, True, rng, vertex
             )
             return losses.weighted_mean(per_sample, batch["weight"] * batch["valid"])
 
@@ -103,9 +109,12 @@ def make_train_step(apply_fn, tx, loss_fn, config: ml_collections.ConfigDict):
     return step_fn
 
 
-def make_eval_step(apply_fn, loss_fn, point_weight: float = 0.0, task_loss=None):
+def make_eval_step(
+    apply_fn, loss_fn, point_weight: float = 0.0, task_loss=None, vertex: bool = False
+):
     """eval(params, batch) -> (predictions [B, C] float32, per-sample loss [B], task outputs
-    {task: [B, width]}, empty without task_loss (xecjax.tasks.make_loss)).
+    {task: [B, width]}, empty without task_loss (xecjax.tasks.make_loss)). `vertex`: the
+    model reads the batch's xyzVTX (model.vertex_input).
 
     In the compute dtype of apply_fn's model (bfloat16 for validation during a
     config.train.bf16 run; float32 parameters and input either way)."""
@@ -113,7 +122,7 @@ def make_eval_step(apply_fn, loss_fn, point_weight: float = 0.0, task_loss=None)
 
     def eval_fn(params, batch):
         pred, loss, task_out = predict_and_loss(
-            apply_fn, sample_loss, task_loss, params, batch, False, jax.random.PRNGKey(0)
+            apply_fn, sample_loss, task_loss, params, batch, False, jax.random.PRNGKey(0), vertex
         )
         return pred, loss, {k: v for k, v in task_out.items() if k != "log_var"}
 

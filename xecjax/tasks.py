@@ -236,13 +236,18 @@ def make_loss(config: ml_collections.ConfigDict):
 
 def columns(pred: dict, true: dict | None = None) -> dict[str, np.ndarray]:
     """val_tree / infer_real branches of the task outputs, float32 [N]: pred_energy,
-    pred_timing, pred_u, pred_v, pred_w (and true_* from `true`) for the tasks present."""
+    pred_timing, pred_u, pred_v, pred_w (and true_* from `true`) for the tasks present, and
+    sigma_<part> (the predicted uncertainty, physical units) where `pred` holds a head's
+    "<task>_log_sigma" (gaussian_nll / beta_nll)."""
     out = {}
-    for kind, values in (("pred", pred), ("true", true or {})):
+    for kind, values in (("pred", pred), ("true", true or {}), ("sigma", pred)):
         for name in NAMES:
-            if name not in values:
+            key = f"{name}_log_sigma" if kind == "sigma" else name
+            if key not in values:
                 continue
-            v = np.asarray(values[name], np.float32).reshape(len(values[name]), -1)
+            v = np.asarray(values[key], np.float32).reshape(len(values[key]), -1)
+            if kind == "sigma":
+                v = np.exp(v)
             parts = ("u", "v", "w") if name == "uvw" else (name,)
             for i, part in enumerate(parts):
                 out[f"{kind}_{part}"] = v[:, i]

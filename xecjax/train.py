@@ -274,7 +274,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
     """
     from flax import nnx
 
-    from xecjax.models import build_model, count_params, make_apply, training_dtype
+    from xecjax.models import build_model, count_params, make_apply, needs_vertex, training_dtype
 
     t_start = time.time()
     tasks.configure_model(config)  # the enabled tasks' heads and target scales into config.model
@@ -349,8 +349,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
         out_shardings=(state_sharding, replicated),
         donate_argnums=(0,),
     )
+    task_loss, vertex_input = tasks.make_loss(config), needs_vertex(config.model)
     eval_step = jax.jit(
-        make_eval_step(apply_fn, loss_fn, config.optim.point_weight, tasks.make_loss(config)),
+        make_eval_step(apply_fn, loss_fn, config.optim.point_weight, task_loss, vertex_input),
         in_shardings=(state_sharding["ema"], batch_sharding),
         out_shardings=(batch_sharding, batch_sharding, batch_sharding),
     )

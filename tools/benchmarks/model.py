@@ -25,7 +25,7 @@ import optax
 from flax import nnx
 
 from xecjax import geometry, native, tasks
-from xecjax.models import build_model, count_params, make_apply, training_dtype
+from xecjax.models import build_model, count_params, make_apply, needs_vertex, training_dtype
 
 from .onnx import timed
 
@@ -66,17 +66,22 @@ def run(args: argparse.Namespace) -> dict:
     n_iter = 2 if args.quick else 10
 
     heads = tasks.model_tasks(cfg)  # multi-task models: every head computed and trained
+    vertex = needs_vertex(cfg)  # model.vertex_input: a vertex [B, 3] cm beside x
+
+    def call(p, x, train, rng, **kw):
+        extra = {"vertex": jnp.zeros((x.shape[0], 3), jnp.float32)} if vertex else {}
+        return apply_fn(p, x, train, rng, **kw, **extra)
 
     @jax.jit
     def infer(params, x):
-        return apply_fn(params, x, False, None, tasks=True) if heads else apply_fn(params, x)
+        return call(params, x, False, None, tasks=True) if heads else call(params, x, False, None)
 
     @jax.jit
     def train_step(params, opt_state, x, y, rng):
         def loss_fn(p):
             if not heads:
-                return jnp.mean(jnp.square(apply_fn(p, x, True, rng)[:, :2] - y))
-            out, task_out = apply_fn(p, x, True, rng, tasks=True)
+                return jnp.mean(jnp.square(call(p, x, True, rng)[:, :2] - y))
+            out, task_out = call(p, x, True, rng, tasks=True)
             loss = jnp.mean(jnp.square(out[:, :2] - y))
             return loss + sum(jnp.mean(jnp.square(task_out[t])) for t in heads)
 

@@ -62,7 +62,8 @@ def make_apply(model: nnx.Module) -> tuple[nnx.State, ApplyFn]:
     is pure and jit-able with `train` static; `rng` (a jax.random key, or None when train is
     False) drives dropout and drop path. Index tables are NumPy constants closed over by the
     model code, not state. With tasks=True it returns (angle output, {task: [B, width]}): the
-    heads of the tasks beside the angle (xecjax.tasks; {} for an angle-only model).
+    heads of the tasks beside the angle (xecjax.tasks; {} for an angle-only model). A model
+    with model.vertex_input needs vertex=[B, 3] (xyzVTX, cm; see needs_vertex).
     """
     graphdef, params, rest = nnx.split(model, nnx.Param, ...)
 
@@ -73,13 +74,20 @@ def make_apply(model: nnx.Module) -> tuple[nnx.State, ApplyFn]:
         rng: jax.Array | None = None,
         *,
         tasks: bool = False,
+        vertex: jax.Array | None = None,
     ) -> jax.Array:
         model = nnx.merge(graphdef, params, rest)
-        return (
-            model(x, train=train, rng=rng, tasks=True) if tasks else model(x, train=train, rng=rng)
-        )
+        extra = {} if vertex is None else {"vertex": vertex}
+        if tasks:
+            return model(x, train=train, rng=rng, tasks=True, **extra)
+        return model(x, train=train, rng=rng, **extra)
 
     return params, apply_fn
+
+
+def needs_vertex(model_cfg: ml_collections.ConfigDict) -> bool:
+    """Whether the model takes the positron vertex (xyzVTX) as an input (model.vertex_input)."""
+    return bool(model_cfg.get("vertex_input", False))
 
 
 def count_params(params) -> int:

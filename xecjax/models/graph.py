@@ -29,6 +29,7 @@ from xecjax.models.layers import (
 from xecjax.models.regressor import (
     RegressionHead,
     check_input,
+    check_vertex,
     compute_dtype,
     direction_output,
     output_kind,
@@ -110,6 +111,8 @@ class SensorGraphModel(nnx.Module):
         self.output = output_kind(cfg)
         if self.output == "point":
             raise ValueError("model.output = 'point' is a regressor option (inner-face CNN map)")
+        if cfg.get("vertex_input", False):
+            raise ValueError("model.vertex_input (a vertex token) is a regressor option")
         self.head = RegressionHead.from_config(dim, cfg, dtype=dtype, rngs=rngs)
         self.tasks = task_heads(dim, cfg, dtype=dtype, rngs=rngs)
         self.dtype = dtype
@@ -121,9 +124,11 @@ class SensorGraphModel(nnx.Module):
         train: bool = False,
         rng: jax.Array | None = None,
         tasks: bool = False,
+        vertex: jax.Array | None = None,
     ) -> jax.Array:
         """x [B, 4760, 2] normalised -> [B, 2 | 4] float32 (theta, phi in degrees, ...)."""
         check_input(x)
+        check_vertex(vertex, False, x.shape[0])
         r_blocks, r_head = split_rng(rng, 2)
         x = x.astype(self.dtype)
         geo = jnp.broadcast_to(

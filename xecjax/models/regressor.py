@@ -11,7 +11,10 @@ Faces are gathered with the geometry image maps (constants, not state):
       npho / 6 pasted in (45 x 72), average-pooled 3 x 3 -> 15 x 24; one token.
     "split": outer coarse 9 x 24 and centre patch 5 x 6 (z x phi) as two tokens.
   top, bottom: 73 hex nodes each.
-Tokens: [inner, us, ds, outer | outer_coarse, outer_center, top, bottom].
+Tokens: [inner, us, ds, outer | outer_coarse, outer_center, top, bottom], plus with
+`model.vertex_input` a "vertex" token: the measured positron vertex (xyzVTX, cm, scaled by
+xecjax.normalise.VERTEX_SCALE_CM) through a small MLP, so that the angle heads can see where
+the gamma came from (the model is then called with vertex=[B, 3]).
 """
 
 from __future__ import annotations
@@ -37,6 +40,7 @@ from xecjax.models.layers import (
     layer_norm,
     split_rng,
 )
+from xecjax.normalise import VERTEX_SCALE_CM
 
 OUTER_MODES = ("finegrid", "split")
 OUTPUTS = ("angles", "vector", "point")
@@ -89,13 +93,40 @@ def output_dim(cfg: ml_collections.ConfigDict) -> int:
     return (6 if cfg.get("kappa", False) else 5) + (3 if kind == "point" else 0)
 
 
-def token_names(outer_mode: str) -> tuple[str, ...]:
-    """Token order of the fusion transformer for an outer mode."""
+def token_names(outer_mode: str, vertex: bool = False) -> tuple[str, ...]:
+    """Token order of the fusion transformer for an outer mode (+ "vertex" last with
+    model.vertex_input)."""
+    extra = ("vertex",) if vertex else ()
     if outer_mode == "finegrid":
-        return ("inner", "us", "ds", "outer", "top", "bottom")
+        return ("inner", "us", "ds", "outer", "top", "bottom", *extra)
     if outer_mode == "split":
-        return ("inner", "us", "ds", "outer_coarse", "outer_center", "top", "bottom")
+        return ("inner", "us", "ds", "outer_coarse", "outer_center", "top", "bottom", *extra)
     raise ValueError(f"model.outer_mode must be one of {OUTER_MODES}, got {outer_mode!r}")
+
+
+def check_vertex(vertex, wanted: bool, batch: int) -> None:
+    """A model with model.vertex_input needs vertex [B, 3] (cm); one without refuses it."""
+    if not wanted:
+        if vertex is not None:
+            raise ValueError("vertex given, but the model has no vertex input (model.vertex_input)")
+        return
+    if vertex is None:
+        raise ValueError("model.vertex_input: the model needs vertex=[B, 3] (xyzVTX, cm)")
+    if vertex.shape != (batch, 3):
+        raise ValueError(f"vertex must be [{batch}, 3] (xyzVTX, cm), got {vertex.shape}")
+
+
+class VertexEmbed(nnx.Module):
+    """The measured positron vertex [B, 3] cm -> one fusion token [B, d]: dense -> GELU ->
+    dense on vertex / VERTEX_SCALE_CM."""
+
+    def __init__(self, d: int, *, dtype, rngs: nnx.Rngs):
+        self.fc1 = dense(3, d, dtype, rngs)
+        self.fc2 = dense(d, d, dtype, rngs)
+
+    def __call__(self, vertex: jax.Array) -> jax.Array:
+        v = vertex.astype(jnp.float32) / VERTEX_SCALE_CM
+        return self.fc2(gelu(self.fc1(v.astype(self.fc1.kernel[...].dtype))))
 
 
 def gather_faces(x: jax.Array, outer_mode: str) -> dict[str, jax.Array]:
@@ -129,7 +160,8 @@ class XECRegressor(nnx.Module):
     def __init__(self, cfg: ml_collections.ConfigDict, *, rngs: nnx.Rngs, dtype=jnp.float32):
         dtype = compute_dtype(cfg, dtype)
         self.outer_mode = str(cfg.outer_mode)
-        self.tokens = token_names(self.outer_mode)
+        self.vertex_input = bool(cfg.get("vertex_input", False))
+        self.tokens = token_names(self.outer_mode, self.vertex_input)
         d = int(cfg.d_model)
         self.backbone = FaceBackbone(
             cfg.cnn_dims,
@@ -153,6 +185,7 @@ class XECRegressor(nnx.Module):
             dtype=dtype,
             rngs=rngs,
         )
+        self.vertex_embed = VertexEmbed(d, dtype=dtype, rngs=rngs) if self.vertex_input else None
         self.pos_embed = nnx.Param(
             nnx.initializers.truncated_normal(0.02)(rngs.params(), (len(self.tokens), d))
         )
@@ -178,24 +211,32 @@ class XECRegressor(nnx.Module):
         self.tasks = task_heads(len(self.tokens) * d, cfg, dtype=dtype, rngs=rngs)
         self.dtype = dtype
 
-    def __call__(
+    def encode(
         self,
         x: jax.Array,
         *,
         train: bool = False,
         rng: jax.Array | None = None,
-        tasks: bool = False,
-    ) -> jax.Array:
-        """x [B, 4760, 2] normalised -> [B, 2 | 4] float32 (degrees; log sigma in log-degrees)."""
+        vertex: jax.Array | None = None,
+    ) -> tuple[jax.Array, dict[str, jax.Array], jax.Array | None]:
+        """The shared encoder: x [B, 4760, 2] normalised (, vertex [B, 3] cm) -> (fused tokens
+        [B, T, d_model] in self.tokens order, the float32 face images and hex faces of
+        gather_faces, the inner CNN's first-stage map [B, 92, 43, C] of a "point" model or
+        None). The heads, and the decoders of a masked autoencoder, read these."""
+        return self._encode(x, split_rng(rng, 3), train, vertex)
+
+    def _encode(self, x, keys, train: bool, vertex):
+        """encode() with the (cnn, hex, fusion) keys given (__call__ keeps its key streams)."""
         check_input(x)
-        r_cnn, r_hex, r_fusion, r_head = split_rng(rng, 4)
+        check_vertex(vertex, self.vertex_input, x.shape[0])
+        r_cnn, r_hex, r_fusion = keys
         # faces gathered (and the outer fine grid pooled) in float32, then cast to the compute
         # dtype; the point head's light path keeps the float32 inner face
         faces32 = gather_faces(x.astype(jnp.float32), self.outer_mode)
         faces = {n: f.astype(self.dtype) for n, f in faces32.items()}
         # One backbone / hex-encoder call per face. (Batch-concatenating equal-shape faces
         # exports with wrong symbolic batch sizes in jax2onnx 0.17 and ONNX Runtime rejects it.)
-        names = [n for n in self.tokens if n not in ("top", "bottom")]
+        names = [n for n in self.tokens if n not in ("top", "bottom", "vertex")]
         feats, inner_map = {}, None
         for n, key in zip(names, split_rng(r_cnn, len(names)), strict=True):
             if n == "inner" and self.output == "point":
@@ -204,14 +245,32 @@ class XECRegressor(nnx.Module):
                 feats[n] = self.backbone(faces[n], train=train, rng=key)
         for n, key in zip(("top", "bottom"), split_rng(r_hex, 2), strict=True):
             feats[n] = self.hex_encoder(faces[n], train=train, rng=key)
+        if self.vertex_input:
+            feats["vertex"] = self.vertex_embed(vertex)
         tokens = jnp.stack([feats[n] for n in self.tokens], axis=1)
         tokens = tokens + self.pos_embed[...].astype(tokens.dtype)
         for layer, key in zip(self.fusion, split_rng(r_fusion, len(self.fusion)), strict=True):
             tokens = layer(tokens, train=train, rng=key)
+        return tokens, faces32, inner_map
+
+    def __call__(
+        self,
+        x: jax.Array,
+        *,
+        train: bool = False,
+        rng: jax.Array | None = None,
+        tasks: bool = False,
+        vertex: jax.Array | None = None,
+    ) -> jax.Array:
+        """x [B, 4760, 2] normalised (, vertex [B, 3] cm with model.vertex_input) -> [B, 2 | 4]
+        float32 (degrees; log sigma in log-degrees)."""
+        *r_enc, r_head = split_rng(rng, 4)
+        tokens, faces32, inner_map = self._encode(x, r_enc, train, vertex)
         flat = tokens.reshape(tokens.shape[0], -1)
         if self.output == "point":
             light = faces32["inner"][..., 0]
-            out = self.head(flat, inner_map, light, train=train, rng=r_head)
+            # with a vertex input the direction runs from the vertex to the predicted point
+            out = self.head(flat, inner_map, light, train=train, rng=r_head, vertex=vertex)
         else:
             out = direction_output(
                 self.head(flat, train=train, rng=r_head).astype(jnp.float32), self.output
@@ -381,9 +440,10 @@ class PointHead(nnx.Module):
     soft-argmax-pooled local features adds (du, dv) and the depth w (softplus, cm), and
     optionally log kappa. (u, v, w) -> xyz (geometry.uvw_to_xyz) -> unit vector from the origin.
     The correction layer starts at zero, so an untrained model is a learned-window centroid at
-    the typical depth. The point itself is output too (last 3 columns) and can be trained
-    towards the true conversion point (config.optim.point_weight, losses.point_loss): the
-    depth, which sets theta, then has a direct target.
+    the typical depth. With model.vertex_input the line starts at the measured vertex instead.
+    The point itself is output too (last 3 columns) and can be trained towards the true
+    conversion point (config.optim.point_weight, losses.point_loss): the depth, which sets
+    theta, then has a direct target.
     """
 
     INIT_DEPTH_CM = 5.0
@@ -412,10 +472,19 @@ class PointHead(nnx.Module):
         self.mlp.fc2.bias[...] = jnp.asarray(bias)
 
     def __call__(
-        self, tokens: jax.Array, fmap: jax.Array, light: jax.Array, *, train: bool, rng
+        self,
+        tokens: jax.Array,
+        fmap: jax.Array,
+        light: jax.Array,
+        *,
+        train: bool,
+        rng,
+        vertex: jax.Array | None = None,
     ) -> jax.Array:
         """tokens [B, D], fmap [B, 92, 43, C] first-stage inner map, light [B, 93, 44] the
-        inner face's npho feature -> [B, 8 | 9] (theta, phi, unit vector[, log kappa], u, v, w)."""
+        inner face's npho feature -> [B, 8 | 9] (theta, phi, unit vector[, log kappa], u, v, w).
+        The direction is from the target centre to the point, or from `vertex` [B, 3] cm (the
+        measured positron vertex of a model with model.vertex_input)."""
         b, h, w, c = fmap.shape
         pixel_uv = first_map_uv()
         if (h, w) != pixel_uv.shape[:2]:
@@ -433,9 +502,10 @@ class PointHead(nnx.Module):
         )  # float32
         uvw = jnp.stack([uv[:, 0] + extra[:, 0], uv[:, 1] + extra[:, 1],
                          jax.nn.softplus(extra[:, 2])], -1)  # fmt: skip
-        out = direction_output(
-            jnp.concatenate([geometry.uvw_to_xyz(uvw), extra[:, 3:]], -1), "vector"
-        )
+        xyz = geometry.uvw_to_xyz(uvw)
+        if vertex is not None:
+            xyz = xyz - vertex.astype(jnp.float32)
+        out = direction_output(jnp.concatenate([xyz, extra[:, 3:]], -1), "vector")
         return jnp.concatenate([out, uvw], -1)
 
 
