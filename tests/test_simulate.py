@@ -37,7 +37,8 @@ def sim(sim_dir):
 def test_files_branches_dtypes_shapes(sim_dir, sim):
     out, paths = sim_dir
     assert [p.name for p in paths] == ["toy_7_0.root", "toy_7_1.root"]
-    assert sorted(q.name for q in out.iterdir()) == ["toy_7_0.root", "toy_7_1.root"]  # no tmp
+    listing = sorted(q.name for q in out.iterdir())  # no temporaries
+    assert listing == [simulate.DEAD_CHANNELS_FILE, "toy_7_0.root", "toy_7_1.root"]
     for k, data in enumerate(sim):
         assert list(data) == list(SIM_BRANCHES)
         n = len(data["event"])
@@ -175,7 +176,8 @@ def test_parallel_writers_write_the_files_of_one(sim, tmp_path, monkeypatch):
         tmp_path, N_EVENTS, n_files=2, seed=7, cfg=SimConfig(dead_fraction=DEAD)
     )
     assert [p.name for p in paths] == ["toy_7_0.root", "toy_7_1.root"]
-    assert sorted(p.name for p in tmp_path.iterdir()) == ["toy_7_0.root", "toy_7_1.root"]
+    listing = sorted(p.name for p in tmp_path.iterdir())
+    assert listing == [simulate.DEAD_CHANNELS_FILE, "toy_7_0.root", "toy_7_1.root"]
     for p, ref in zip(paths, sim, strict=True):
         data = read(p)
         assert all(np.array_equal(data[k], ref[k]) for k in SIM_BRANCHES)
@@ -194,6 +196,7 @@ def test_a_failing_writer_stops_the_others_without_partial_files(tmp_path, monke
         simulate.write_toy_files(tmp_path, 900, n_files=3, seed=7, chunk_size=50)
     left = sorted(p.name for p in tmp_path.iterdir())
     assert "toy_7_1.root" not in left and not [n for n in left if "tmp" in n]
+    assert simulate.DEAD_CHANNELS_FILE not in left  # written only once every file is complete
     for name in left:  # whatever remains is complete
         assert read(tmp_path / name)["event"].tolist() == list(range(300))
 
@@ -248,7 +251,8 @@ def test_cli_writes_files(tmp_path, capsys):
     out = tmp_path / "cli"
     argv = ["--out", str(out), "--events", "30", "--files", "2", "--seed", "5", "--no-progress"]
     assert simulate.main([*argv, "--compression", "zlib"]) == 0
-    assert sorted(p.name for p in out.iterdir()) == ["toy_5_0.root", "toy_5_1.root"]
+    listing = sorted(p.name for p in out.iterdir())
+    assert listing == [simulate.DEAD_CHANNELS_FILE, "toy_5_0.root", "toy_5_1.root"]
     assert [len(read(out / f"toy_5_{k}.root")["event"]) for k in (0, 1)] == [15, 15]
 
 

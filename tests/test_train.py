@@ -308,7 +308,7 @@ def test_resume_refuses_a_data_file_that_changed(base, runs, tmp_path):
     work = tmp_path / "run"
     train_and_evaluate(config, work)
     meta = read_meta(work, "last")[1]
-    assert sorted(meta["split"]["files"]) == sorted(str(f) for f in (tmp_path / "d").glob("*"))
+    assert sorted(meta["split"]["files"]) == sorted(str(f) for f in (tmp_path / "d").glob("*.root"))
     changed = meta["split"]["test"][0]["path"]
     os.utime(changed, ns=(0, 10**18))  # same bytes, another modification time
     config.resume = "auto"

@@ -244,6 +244,48 @@ def sensor_neighbors(k: int) -> np.ndarray:
     return out
 
 
+FACE_MAX_DEGREE = 8  # the most grid neighbours any sensor has (face_neighbors)
+
+
+@functools.lru_cache(maxsize=1)
+def face_neighbors() -> tuple[np.ndarray, np.ndarray]:
+    """The sensors next to each sensor on its face's grid: (ids [4760, 8] int32, mask [4760, 8]
+    bool), padded slots point at the sensor itself with mask False; sorted ids.
+
+    Inner (INNER_MAP), US and DS (US_MAP, DS_MAP): the 8-connected cells of the grid (fewer at
+    its edges). Outer: sensors whose cells touch in the outer fine grid (OUTER_FINE_MAP, edges
+    or corners), so the coarse PMTs next to the centre patch and the patch PMTs next to them are
+    neighbours; interior coarse PMTs get their 8-connected coarse cells. Top and bottom: the hex
+    neighbours (HEX_NEIGHBORS, distance < 8 cm). Symmetric; never across faces.
+    """
+    pairs = []
+    for grid in (INNER_MAP, US_MAP, DS_MAP, OUTER_FINE_MAP):
+        rows, cols = grid.shape
+        for dr in (-1, 0, 1):
+            for dc in (-1, 0, 1):
+                if dr or dc:
+                    a = grid[max(0, -dr) : rows - max(0, dr), max(0, -dc) : cols - max(0, dc)]
+                    b = grid[max(0, dr) : rows - max(0, -dr), max(0, dc) : cols - max(0, -dc)]
+                    pairs.append(np.stack([a.ravel(), b.ravel()], axis=1))
+    for ids in (TOP_IDS, BOTTOM_IDS):
+        k = HEX_NEIGHBOR_MASK > 0
+        pairs.append(
+            np.stack([np.broadcast_to(ids[:, None], k.shape)[k], ids[HEX_NEIGHBORS][k]], 1)
+        )
+    pairs = np.unique(np.concatenate(pairs), axis=0)
+    pairs = pairs[pairs[:, 0] != pairs[:, 1]]  # fine-grid cells of the same sensor
+    degree = np.bincount(pairs[:, 0], minlength=N_SENSORS)
+    if degree.max() > FACE_MAX_DEGREE:  # a construction constant changed
+        raise AssertionError(f"a sensor has {degree.max()} > {FACE_MAX_DEGREE} grid neighbours")
+    slot = np.arange(len(pairs)) - np.repeat(np.cumsum(degree) - degree, degree)
+    idx = np.repeat(np.arange(N_SENSORS, dtype=np.int32)[:, None], FACE_MAX_DEGREE, axis=1)
+    mask = np.zeros((N_SENSORS, FACE_MAX_DEGREE), bool)
+    idx[pairs[:, 0], slot] = pairs[:, 1]
+    mask[pairs[:, 0], slot] = True
+    idx.flags.writeable = mask.flags.writeable = False  # cached: shared by every caller
+    return idx, mask
+
+
 # ----------------------------------------------------------------------------------------------
 # Coordinates and the angle convention (NumPy or jax.numpy, following the input).
 # ----------------------------------------------------------------------------------------------
