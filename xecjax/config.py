@@ -162,6 +162,14 @@ def experiment_config(
     # ignores). Comma-separated keys or sections allowed to differ anyway, e.g.
     # "train.epochs,optim.lr": the schedule then changes from the resumed step on.
     c.resume_override = ""
+    # "regression" (the angle and the tasks beside it) | "mae" (masked-autoencoder
+    # pretraining, configs/mae.py: its own model family and config.mae section, xecjax.mae)
+    c.objective = "regression"
+    # Fine-tuning: a pretraining (MAE) run's workdir whose best EMA encoder (backbone,
+    # hex_encoder, pos_embed, fusion) initialises this run's encoder when it starts fresh;
+    # strict about names and shapes (xecjax.finetune). "" = random initialisation.
+    c.init_from = ""
+    c.init_freeze_epochs = 0  # with init_from: the encoder gets no updates for N epochs
     events, files, batch, epochs, peak_lr = SIZES[variant]
     lr = (lr or {}).get(variant, peak_lr)
 

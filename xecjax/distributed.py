@@ -111,13 +111,17 @@ def agree(value: int, reduce=min) -> int:
     return int(reduce(multihost_utils.process_allgather(np.asarray(value))))
 
 
-def to_global(local: dict[str, np.ndarray], sharding: NamedSharding) -> dict[str, jax.Array]:
+def to_global(
+    local: dict[str, np.ndarray], sharding: NamedSharding, keys: tuple[str, ...] | None = None
+) -> dict[str, jax.Array]:
     """Per-process batch -> global arrays sharded on 'data' (batch axis): the input, the targets
     (angles; xyzTruth, the conversion point of losses.point_loss; energy, timing, uvw of the
     tasks beside the angle, xecjax.tasks), the positron vertex xyzVTX (an input of models with
-    model.vertex_input) and the weights."""
-    keys = ("x", "angles", "xyzTruth", "weight", "valid")
-    keys += tuple(k for k in ("energy", "timing", "uvw", "xyzVTX") if k in local)
+    model.vertex_input) and the weights; or exactly `keys` (the unlabelled batches of an MAE
+    run: xecjax.mae.BATCH_KEYS)."""
+    if keys is None:
+        keys = ("x", "angles", "xyzTruth", "weight", "valid")
+        keys += tuple(k for k in ("energy", "timing", "uvw", "xyzVTX") if k in local)
     return {k: jax.make_array_from_process_local_data(sharding, np.asarray(local[k])) for k in keys}
 
 

@@ -62,7 +62,7 @@ def predict_and_loss(
     return pred, task_loss(sample_loss(pred, batch), task_out, batch), task_out
 
 
-def make_train_step(apply_fn, tx, loss_fn, config: ml_collections.ConfigDict):
+def make_train_step(apply_fn, tx, loss_fn, config: ml_collections.ConfigDict, freeze=None):
     """step(state, batch) -> (state, {"loss", "grad_norm", "finite"}).
 
     apply_fn takes the float32 parameters and input; with config.train.bf16 it is the apply
@@ -72,9 +72,8 @@ def make_train_step(apply_fn, tx, loss_fn, config: ml_collections.ConfigDict):
 
     A non-finite loss or gradient leaves parameters, EMA and optimiser state unchanged (the host
     then stops or counts the skip), so the in-memory state stays the last good one.
+    freeze: None, or fn(step, updates) -> updates (xecjax.finetune.freeze_encoder_updates).
     """
-    ema_decay = float(config.optim.ema_decay)
-    nan_step = int(config.train.debug_nan_step)
     sample_loss = per_sample_loss(loss_fn, float(config.optim.get("point_weight", 0.0)))
     task_loss = tasks.make_loss(config)
     vertex = needs_vertex(config.model)
@@ -89,24 +88,36 @@ def make_train_step(apply_fn, tx, loss_fn, config: ml_collections.ConfigDict):
             return losses.weighted_mean(per_sample, batch["weight"] * batch["valid"])
 
         loss, grads = jax.value_and_grad(loss_of)(state["params"])
-        if nan_step >= 0:  # testing hook: poison one step
-            loss = jnp.where(state["step"] == nan_step, jnp.nan, loss)
-        grad_norm = optax.global_norm(grads)
-        finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
-        updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
-        params = optax.apply_updates(state["params"], updates)
-        if ema_decay >= 0:
-            ema = jax.tree.map(
-                lambda e, p: ema_decay * e + (1.0 - ema_decay) * p, state["ema"], params
-            )
-        else:
-            ema = params
-        new = {"params": params, "ema": ema, "opt_state": opt_state}
-        new = jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, {k: state[k] for k in new})
-        new.update(step=state["step"] + 1, rng=state["rng"])
-        return new, {"loss": loss, "grad_norm": grad_norm, "finite": finite}
+        return apply_update(state, loss, grads, tx, config, freeze)
 
     return step_fn
+
+
+def apply_update(state, loss, grads, tx, config: ml_collections.ConfigDict, freeze=None):
+    """(new state, {"loss", "grad_norm", "finite"}) after one optimiser step with `grads`:
+    parameters, EMA (config.optim.ema_decay; < 0: the parameters) and optimiser state, all
+    left unchanged when the loss or the gradient norm is not finite. The update of every
+    training objective (xecjax.mae too). config.train.debug_nan_step poisons one step's loss
+    (tests). freeze: None, or fn(step, updates) -> updates applied before the parameters move
+    (the encoder freeze of a fine-tuning run)."""
+    ema_decay = float(config.optim.ema_decay)
+    nan_step = int(config.train.debug_nan_step)
+    if nan_step >= 0:  # testing hook: poison one step
+        loss = jnp.where(state["step"] == nan_step, jnp.nan, loss)
+    grad_norm = optax.global_norm(grads)
+    finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+    updates, opt_state = tx.update(grads, state["opt_state"], state["params"])
+    if freeze is not None:
+        updates = freeze(state["step"], updates)
+    params = optax.apply_updates(state["params"], updates)
+    if ema_decay >= 0:
+        ema = jax.tree.map(lambda e, p: ema_decay * e + (1.0 - ema_decay) * p, state["ema"], params)
+    else:
+        ema = params
+    new = {"params": params, "ema": ema, "opt_state": opt_state}
+    new = jax.tree.map(lambda n, o: jnp.where(finite, n, o), new, {k: state[k] for k in new})
+    new.update(step=state["step"] + 1, rng=state["rng"])
+    return new, {"loss": loss, "grad_norm": grad_norm, "finite": finite}
 
 
 def make_eval_step(

@@ -4,7 +4,10 @@
       [--config.optim.lr=8e-4 ...]
 
 With no data path configured the embedded toy data set is generated once (xecjax.simulate) into
-the git-ignored cache config.data.toy_dir and reused. The story of `train_and_evaluate` follows
+the git-ignored cache config.data.toy_dir and reused. config.objective = "mae" (configs/mae.py)
+pretrains the encoder as a masked autoencoder instead (xecjax.mae; unlabelled files work, `best`
+by the validation total loss); `--config.init_from=W_mae` starts a regression run from that
+run's encoder (xecjax.finetune). The story of `train_and_evaluate` follows
 the banner comments: mesh, data, model + optimizer, update step, restore, evaluation, loop.
 
 Resume order (`--config.resume`): "" starts fresh and refuses a workdir that already has
@@ -33,7 +36,8 @@ from jax.experimental import multihost_utils
 from jax.sharding import NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from xecjax import losses, tasks
+from xecjax import finetune, losses, tasks
+from xecjax import mae as mae_objective
 from xecjax.checkpoint import Checkpointer, read_meta, resolve_checkpoint_dir
 from xecjax.config import parse_command_line
 from xecjax.distributed import (
@@ -199,6 +203,8 @@ def make_data(config: ml_collections.ConfigDict, meta: dict[str, Any] | None) ->
         process_index=rank,
         process_count=n_proc,
     )
+    if mae_objective.objective(config) == "mae":
+        common["truth"] = False  # the MAE reads npho, time, run and event: unlabelled files
     train = Loader(
         split.train,
         normaliser,
@@ -278,6 +284,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
 
     t_start = time.time()
     tasks.configure_model(config)  # the enabled tasks' heads and target scales into config.model
+    objective = mae_objective.objective(config)  # "regression" | "mae"
+    if objective == "mae":
+        mae_objective.check_config(config)
+    finetune.check_config(config)
+    # the validation metric that chooses `best` (smaller is better)
+    best_key = "val_total_loss" if objective == "mae" else "val_resolution_deg"
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     is_main = jax.process_index() == 0
@@ -321,13 +333,20 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
     dtype = training_dtype(config.train.bf16)
     model = build_model(config.model, rngs=nnx.Rngs(config.train.seed), dtype=dtype)
     params, apply_fn = make_apply(model)
+    if config.get("init_from", "") and source is None:
+        # fine-tuning: the pretrained encoder, once, at a fresh start (a resumed run restores
+        # its own parameters below and never reloads it)
+        params, info = finetune.load_encoder(params, config.init_from, data["normaliser"])
+        if is_main:
+            print(f"encoder initialised from {info['checkpoint']} (step {info['step']}, "
+                  f"{info['leaves']} parameter arrays)", flush=True)  # fmt: skip
     schedule = make_schedule(config.optim, steps_per_epoch, config.train.epochs)
     tx = make_optimizer(config.optim, schedule)
     loss_fn = losses.get_loss(config.optim.loss, config.optim.beta)
     state = init_state(params, tx, config.train.seed + 1)
     state = jax.device_put(state, replicated)
     state_sharding = jax.tree.map(lambda a: a.sharding, state)
-    start_epoch, start_batch, history, best = 0, 0, [], {"val_resolution_deg": float("inf")}
+    start_epoch, start_batch, history, best = 0, 0, [], {best_key: float("inf")}
     run_id, skipped = None, 0
     if source is not None:
         state, meta = source.restore("last", state)
@@ -343,17 +362,30 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
         )
 
     # --- update step -------------------------------------------------------------------------
+    batch_keys = None  # what a step reads of a batch (to_global); None: the regression's
+    if objective == "mae":
+        batch_keys = mae_objective.BATCH_KEYS
+        step_fn = mae_objective.make_train_step(apply_fn, tx, config, data["normaliser"])
+        eval_fn = mae_objective.make_eval_step(apply_fn, config, data["normaliser"])
+        eval_out = replicated  # sums over the global batch
+    else:
+        # fine-tuning with init_freeze_epochs: no encoder updates before that step
+        frozen_steps = int(config.get("init_freeze_epochs", 0)) * steps_per_epoch
+        freeze = finetune.freeze_encoder_updates(frozen_steps)
+        step_fn = make_train_step(apply_fn, tx, loss_fn, config, freeze)
+        task_loss, vertex_input = tasks.make_loss(config), needs_vertex(config.model)
+        eval_fn = make_eval_step(
+            apply_fn, loss_fn, config.optim.point_weight, task_loss, vertex_input
+        )
+        eval_out = (batch_sharding, batch_sharding, batch_sharding)
     train_step = jax.jit(
-        make_train_step(apply_fn, tx, loss_fn, config),
+        step_fn,
         in_shardings=(state_sharding, batch_sharding),
         out_shardings=(state_sharding, replicated),
         donate_argnums=(0,),
     )
-    task_loss, vertex_input = tasks.make_loss(config), needs_vertex(config.model)
     eval_step = jax.jit(
-        make_eval_step(apply_fn, loss_fn, config.optim.point_weight, task_loss, vertex_input),
-        in_shardings=(state_sharding["ema"], batch_sharding),
-        out_shardings=(batch_sharding, batch_sharding, batch_sharding),
+        eval_fn, in_shardings=(state_sharding["ema"], batch_sharding), out_shardings=eval_out
     )
 
     tracker = Tracker(
@@ -393,7 +425,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
         tracker.log_metrics({"n_params": n_params, "steps_per_epoch": steps_per_epoch}, 0)
     # the conventional reconstruction on the same validation events, once per run (process 0)
     baselines = {}
-    if is_main:
+    if is_main and objective == "regression":  # (an MAE run has no angles)
         baselines = baseline_reference(data, config.data.batch_size, config.data.fiducial)
     if baselines:
         print("validation baselines (psi 68 %): " + ", ".join(
@@ -437,7 +469,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
                     local = next(batches)
                     load_s.append(time.perf_counter() - t_batch)
                     step_no, host_step = host_step, host_step + 1
-                    state, m = train_step(state, to_global(local, batch_sharding))
+                    state, m = train_step(state, to_global(local, batch_sharding, batch_keys))
                     pending.append((step_no, m))
                     if len(pending) >= 2:
                         # at most 2 steps in flight: the bar shows computed (not queued) steps
@@ -491,13 +523,19 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
                 row.update(throughput_metrics(
                     n_events, load_s, batch_s, row["epoch_time"]))  # fmt: skip
                 if (epoch + 1) % config.train.eval_every == 0 or last_epoch:
-                    row.update(evaluate(eval_step, state["ema"], data["val"], batch_sharding,
-                                        beta=config.optim.beta))  # fmt: skip
+                    if objective == "mae":
+                        val = mae_objective.evaluate(
+                            eval_step, state["ema"], data["val"], batch_sharding, config
+                        )
+                        row.update(val)
+                    else:
+                        row.update(evaluate(eval_step, state["ema"], data["val"], batch_sharding,
+                                            beta=config.optim.beta))  # fmt: skip
                 row.update(system_metrics())
                 history.append(row)
                 # checkpoints first: a tracking failure must never cost the epoch's checkpoint
-                if row.get("val_resolution_deg", np.inf) < best["val_resolution_deg"]:
-                    best = {k: row[k] for k in ("epoch", "val_resolution_deg", "val_loss")}
+                if row.get(best_key, np.inf) < best[best_key]:
+                    best = {k: row[k] for k in ("epoch", best_key, "val_loss")}
                     save("best", epoch + 1, 0)
                 save("last", epoch + 1, 0)
                 tracker.log_metrics({k: v for k, v in row.items() if k != "epoch"}, epoch)
@@ -559,7 +597,12 @@ def _progress(config, is_main: bool, epoch: int, total: int, first: int):
 
 def _epoch_line(row: dict[str, float]) -> str:
     text = f"epoch {row['epoch']}: train_loss {row['train_loss']:.4g}"
-    if "val_loss" in row:
+    if "val_total_loss" in row:  # an MAE run (xecjax.mae)
+        text += (
+            f"  val_total_loss {row['val_total_loss']:.4g}  npho {row['val_loss_npho']:.4g}  "
+            f"time {row['val_loss_time']:.4g}  masked {row['val_actual_mask_ratio']:.3f}"
+        )
+    elif "val_loss" in row:
         text += (
             f"  val_loss {row['val_loss']:.4g}  68% opening angle "
             f"{row['val_resolution_deg']:.3f} deg  theta rms {row['theta_rms']:.3f}  "
@@ -593,6 +636,9 @@ def _summary(
                 "theta_rms",
                 "phi_bias",
                 "phi_rms",
+                "val_total_loss",
+                "val_loss_npho",
+                "val_loss_time",
             )
             if k in last
         },

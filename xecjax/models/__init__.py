@@ -1,8 +1,9 @@
 """Model families, looked up by name from the config (`model.name`).
 
-  model = build_model(config.model, rngs=nnx.Rngs(0))   # "regressor" | "graph"
+  model = build_model(config.model, rngs=nnx.Rngs(0))   # "regressor" | "graph" | "mae"
   params, apply_fn = make_apply(model)
   y = apply_fn(params, x, False, None)                  # x [B, 4760, 2] -> [B, 2 | 4]
+                                      # ("mae": the reconstruction [B, 4760, 2], xecjax.mae)
 
 Each family is a module xecjax.models.<name> with `build(cfg, *, rngs, dtype) -> nnx.Module`;
 the model config carries every architectural option, so build_model(cfg) rebuilds the exact
@@ -21,7 +22,7 @@ import jax.numpy as jnp
 import ml_collections
 from flax import nnx
 
-FAMILIES = ("regressor", "graph")
+FAMILIES = ("regressor", "graph", "mae")
 
 ApplyFn = Callable[[nnx.State, jax.Array, bool, "jax.Array | None"], jax.Array]
 
