@@ -5,8 +5,12 @@
 
 RUN_OR_CHECKPOINT is a training workdir (or its checkpoints/<which> directory). Architecture and
 Normaliser are read from the checkpoint. Input `input` float32 [batch_size, 4760, 2], output
-`output` float32 [batch_size, 2] = (theta, phi) degrees. A parity check (onnxruntime vs JAX at
-batch 1, 7, 256) follows every export; exit status 1 and no file when it exceeds --tolerance.
+`output` float32 [batch_size, 2] = (theta, phi) degrees. An inpainter (or MAE) run, detected
+from its checkpoint's config.objective, exports the completion (xecjax.inpainter): inputs `input`
+[batch_size, 4760, 2] normalised features and `mask` float32 [batch_size, 4760] (1 = fill),
+output `output` [batch_size, 4760, 2], the input with masked and dead sensors filled; metadata
+`objective`. A parity check (onnxruntime vs JAX at batch 1, 7, 256) follows every export; exit
+status 1 and no file when it exceeds --tolerance.
 """
 
 from __future__ import annotations
@@ -15,7 +19,13 @@ import argparse
 import sys
 
 from xecjax.distributed import keep_freed_host_memory
-from xecjax.export import DEFAULT_OPSET, PARITY_TOLERANCE_DEG, ExportError, export_run
+from xecjax.export import (
+    DEFAULT_OPSET,
+    PARITY_TOLERANCE_DEG,
+    PARITY_TOLERANCE_FEATURES,
+    ExportError,
+    export_run,
+)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -29,9 +39,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument(
         "--raw-input",
         action="store_true",
-        help="normalisation inside the graph: input = raw npho and relative_time branches",
+        help="normalisation inside the graph: input = raw npho and relative_time branches "
+        "(not for an inpainter)",
     )
-    p.add_argument("--tolerance", type=float, default=PARITY_TOLERANCE_DEG, help="degrees")
+    p.add_argument("--tolerance", type=float, default=None,
+                   help=f"parity limit: default {PARITY_TOLERANCE_DEG:g} degrees (an inpainter: "
+                        f"{PARITY_TOLERANCE_FEATURES:g} feature units)")  # fmt: skip
     args = p.parse_args(argv)
     try:
         export_run(

@@ -20,6 +20,24 @@ inference_results_Run<first>-<last>.root when the input names carry run ranges
 Everything is checked before any output is written (model input (N, 4760, 2), files, trees,
 branches); the output appears atomically. Chunks are read and normalised in a background thread
 while onnxruntime runs the previous one.
+
+Dead-channel inpainting: `--inpaint INP.onnx` (an inpainter exported by tools/export_onnx.py:
+inputs `input` (N, 4760, 2) and `mask` (N, 4760), output the completed (N, 4760, 2)) fills every
+event's dead channels before the angle model sees it (`--onnx`), or alone without --onnx:
+  python tools/infer_real.py --inpaint INP.onnx [--onnx ANGLE.onnx] --input FILES
+                             [--dead-channels LIST] [--unknown-run error|empty]
+Dead are the channels whose npho is not a measurement (the 1e10 marker, NaN, Inf: the
+Normaliser's sentinel) and, with --dead-channels (a run -> channels list, text or ROOT,
+xecjax.deadchannels), the channels listed for the event's run (needs the `run` branch; a run
+missing from the list is an error unless --unknown-run empty). The inpainter fills them
+(Normaliser.inverse of its output: photons in its npho branch's unit, seconds); the angle
+model then reads the filled npho and time branches (so both models must read the same
+branches). The output file gets a second tree `inpainted`, one entry per filled sensor:
+run_number, event_number (as val_tree's run_id / event_id), sensor_id, face (index in
+xecjax.geometry.FACE_NAMES), pred_npho (photons), pred_time (ns; only meaningful where pred_npho
+reaches the Normaliser's npho_threshold), marker (the file's npho was not a measurement) and
+listed (the channel is in --dead-channels). Without --onnx the file holds only `inpainted`.
+Without --inpaint nothing changes.
 """
 
 from __future__ import annotations
@@ -37,10 +55,10 @@ from pathlib import Path
 
 import numpy as np
 
-from xecjax import tasks
+from xecjax import deadchannels, tasks
 from xecjax.distributed import keep_freed_host_memory
 from xecjax.evaluate import val_tree_columns
-from xecjax.geometry import N_SENSORS
+from xecjax.geometry import FACE_OF, N_SENSORS
 from xecjax.normalise import Normaliser
 from xecjax.rootio import (
     DataError,
@@ -55,6 +73,10 @@ from xecjax.rootio import (
 RECO_SHAPES = {"run": (), "event": (), "emiAng": (2,), "energyReco": (), "xyzRecoFI": (3,),
                "xyzVTX": (3,)}  # fmt: skip
 RUN_RANGE = re.compile(r"(\d+)-(\d+)")
+INPAINTED_TREE = "inpainted"
+INPAINTED_DTYPES = {"run_number": np.int32, "event_number": np.int32, "sensor_id": np.int32,
+                    "face": np.int32, "pred_npho": np.float32, "pred_time": np.float32,
+                    "marker": np.bool_, "listed": np.bool_}  # fmt: skip
 
 
 # ----------------------------------------------------------------------------------------------
@@ -66,6 +88,44 @@ def load_session(path: str | os.PathLike, device: str = "cpu", threads: int | No
     device 'cuda' uses the CUDA provider with CPU fallback (a warning when CUDA is unavailable).
     threads: intra-op threads of the CPU provider (default: the CPUs this process may use).
     """
+    session = open_session(path, device, threads)
+    check_signature(session, path)
+    return session, dict(session.get_modelmeta().custom_metadata_map)
+
+
+def load_inpainter(path: str | os.PathLike, device: str = "cpu", threads: int | None = None):
+    """(onnxruntime session, Normaliser) of an exported inpainter (xecjax.export), its inputs,
+    output and metadata checked."""
+    session = open_session(path, device, threads)
+    where = f"{str(path)!r}"
+    inputs, outputs = session.get_inputs(), session.get_outputs()
+    got = [(i.name, i.shape, i.type) for i in inputs]
+    ok = (
+        [i.name for i in inputs] == ["input", "mask"]
+        and len(inputs[0].shape) == 3 and list(inputs[0].shape[1:]) == [N_SENSORS, 2]
+        and len(inputs[1].shape) == 2 and inputs[1].shape[1] == N_SENSORS
+        and all(i.type == "tensor(float)" for i in inputs)
+        and not isinstance(inputs[0].shape[0], int)
+    )  # fmt: skip
+    if not ok:
+        raise ValueError(
+            f"{where}: model inputs {got}; an inpainter takes 'input' float32 (N, {N_SENSORS}, "
+            f"2) and 'mask' float32 (N, {N_SENSORS}) with a dynamic N (export an inpainter run "
+            "with tools/export_onnx.py)"
+        )
+    if len(outputs) != 1 or list(outputs[0].shape[1:]) != [N_SENSORS, 2]:
+        got = [(o.name, o.shape) for o in outputs]
+        raise ValueError(f"{where}: model outputs {got}; expected one output "
+                         f"(N, {N_SENSORS}, 2), the completed sensors")  # fmt: skip
+    meta = dict(session.get_modelmeta().custom_metadata_map)
+    if meta.get("input_kind", "normalised") != "normalised" or "normaliser" not in meta:
+        raise ValueError(f"{where}: an inpainter needs normalised input and its 'normaliser' "
+                         "metadata (export with tools/export_onnx.py)")  # fmt: skip
+    return session, Normaliser.from_dict(json.loads(meta["normaliser"]))
+
+
+def open_session(path: str | os.PathLike, device: str = "cpu", threads: int | None = None):
+    """An onnxruntime session of the file (load_session without the signature check)."""
     from xecjax.export import import_onnxruntime
 
     ort = import_onnxruntime()
@@ -93,8 +153,7 @@ def load_session(path: str | os.PathLike, device: str = "cpu", threads: int | No
         raise ValueError(f"{str(path)!r} is not a loadable ONNX model ({e})") from None
     if device == "cuda" and session.get_providers()[0] != "CUDAExecutionProvider":
         warnings.warn("CUDA provider could not be initialised; running on CPU", stacklevel=2)
-    check_signature(session, path)
-    return session, dict(session.get_modelmeta().custom_metadata_map)
+    return session
 
 
 def check_signature(session, path) -> None:
@@ -212,9 +271,15 @@ def plan_inputs(files: list[str], tree: str, normaliser: Normaliser) -> list[tup
 def read_chunk(t, start: int, stop: int, normaliser: Normaliser, raw: bool,
                present: set) -> tuple[np.ndarray, dict[str, np.ndarray]]:  # fmt: skip
     """(x [n, 4760, 2] float32, reconstructed branches) of entries [start, stop)."""
-    a = read_arrays(t, [*normaliser.branches, *sorted(present)], start, stop)
-    npho, tm = (np.asarray(a[b], np.float32) for b in normaliser.branches)
-    x = np.stack([npho, tm], -1) if raw else normaliser(npho, tm)
+    npho, tm, reco = read_raw(t, start, stop, normaliser.branches, present)
+    return (np.stack([npho, tm], -1) if raw else normaliser(npho, tm)), reco
+
+
+def read_raw(t, start: int, stop: int, branches, present: set):
+    """(npho [n, 4760], time [n, 4760] float32 of the two sensor `branches`, reconstructed
+    branches) of entries [start, stop)."""
+    a = read_arrays(t, [*branches, *sorted(present)], start, stop)
+    npho, tm = (np.asarray(a[b], np.float32) for b in branches)
     reco = {}
     for b, shape in RECO_SHAPES.items():
         if b in present:
@@ -223,7 +288,69 @@ def read_chunk(t, start: int, stop: int, normaliser: Normaliser, raw: bool,
             reco[b] = np.arange(start, stop)
         else:
             reco[b] = np.zeros((stop - start, *shape), np.float32)
-    return x, reco
+    return npho, tm, reco
+
+
+# ----------------------------------------------------------------------------------------------
+# Inpainting
+# ----------------------------------------------------------------------------------------------
+class Inpainting:
+    """An exported inpainter (load_inpainter) and the dead-channel list (`dead`, {run:
+    channels} of xecjax.deadchannels, or None) with its rule for runs it lacks (`unknown`).
+    (A plain class: this script is also loaded by file path, without a sys.modules entry.)"""
+
+    def __init__(self, session, normaliser: Normaliser, dead: dict | None = None,
+                 unknown: str = "error"):  # fmt: skip
+        self.session, self.normaliser, self.dead, self.unknown = session, normaliser, dead, unknown
+
+    def fill(self, npho, tm, reco, batch_size: int):
+        """(npho, time) [n, 4760] with the dead channels filled, and the INPAINTED_TREE
+        columns of the filled sensors (module docstring)."""
+        x = self.normaliser(npho, tm)
+        marker = x[..., 0] == np.float32(self.normaliser.sentinel_npho)
+        listed = np.zeros(marker.shape, bool)
+        if self.dead is not None:
+            listed = deadchannels.dead_mask(self.dead, reco["run"].astype(np.int64), self.unknown)
+        mask = listed.astype(np.float32)
+        out = np.concatenate([
+            self.session.run(["output"], {"input": x[b : b + batch_size],
+                                          "mask": mask[b : b + batch_size]})[0]
+            for b in range(0, len(x), batch_size)
+        ])  # fmt: skip
+        ev, sensor = np.nonzero(listed | marker)
+        pn, pt = self.normaliser.inverse(out[ev, sensor])
+        npho, tm = npho.copy(), tm.copy()
+        npho[ev, sensor], tm[ev, sensor] = pn, pt
+        cols = {
+            "run_number": reco["run"][ev], "event_number": reco["event"][ev],
+            "sensor_id": sensor, "face": FACE_OF[sensor], "pred_npho": pn,
+            "pred_time": pt.astype(np.float64) * 1e9, "marker": marker[ev, sensor],
+            "listed": listed[ev, sensor],
+        }  # fmt: skip
+        return npho, tm, {k: np.asarray(cols[k], dt) for k, dt in INPAINTED_DTYPES.items()}
+
+
+def check_runs(plan, tree: str, table: dict, unknown: str) -> None:
+    """Before any output: the `run` branch of every file, and every run in the dead-channel
+    list (unless unknown == "empty")."""
+    lacking = [path for path, _, present in plan if "run" not in present]
+    if lacking:
+        raise DataError(f"--dead-channels: {lacking} have no branch 'run' (the list is per run)")
+    if unknown == "empty":
+        return
+    runs = []
+    for path, n, _ in plan:
+        t = open_tree(path, tree)
+        try:
+            runs.append(read_arrays(t, ["run"], 0, n)["run"])
+        finally:
+            t.file.close()
+    try:
+        deadchannels.dead_mask(table, np.unique(np.concatenate(runs)).astype(np.int64), unknown)
+    except deadchannels.DeadChannelError as e:
+        raise deadchannels.DeadChannelError(
+            f"--dead-channels: {e} (--unknown-run empty: no listed channels for them)"
+        ) from None
 
 
 # ----------------------------------------------------------------------------------------------
@@ -231,8 +358,10 @@ def read_chunk(t, start: int, stop: int, normaliser: Normaliser, raw: bool,
 # ----------------------------------------------------------------------------------------------
 def run_inference(session, plan, normaliser: Normaliser, raw: bool, output: str | os.PathLike,
                   tree: str = "tree", chunksize: int = 2048, batch_size: int = 256,
-                  progress: bool = True) -> int:  # fmt: skip
-    """Predict every event of plan and write val_tree to output; returns the number of events."""
+                  progress: bool = True, inpainting: Inpainting | None = None) -> int:  # fmt: skip
+    """Predict every event of plan and write val_tree to output; returns the number of events.
+    With inpainting, the dead channels are filled first (tree `inpainted`); session None:
+    inpainting only (no val_tree)."""
     from tqdm import tqdm
 
     missing = sorted(set(RECO_SHAPES) - set.intersection(*(p for _, _, p in plan)))
@@ -251,29 +380,56 @@ def run_inference(session, plan, normaliser: Normaliser, raw: bool, output: str 
         if path not in trees:
             trees[path] = open_tree(path, tree)
         try:
+            if inpainting is not None:  # raw values: filled first, normalised afterwards
+                branches = inpainting.normaliser.branches
+                return (*read_raw(trees[path], start, stop, branches, present), present)
             return (*read_chunk(trees[path], start, stop, normaliser, raw, present), present)
         finally:
             if stop == n:
                 trees.pop(path).file.close()
 
-    name = session.get_inputs()[0].name
-    vertex = [i.name for i in session.get_inputs()[1:]]  # ["vertex"]: the model reads xyzVTX
+    if session is None and inpainting is None:
+        raise ValueError("run_inference: no model (an angle model, an inpainter or both)")
+    name, vertex, outputs = None, [], []
+    if session is not None:
+        name = session.get_inputs()[0].name
+        vertex = [i.name for i in session.get_inputs()[1:]]  # ["vertex"]: the model reads xyzVTX
+        outputs = [o.name for o in session.get_outputs()]
     lacking = [path for path, _, present in plan if "xyzVTX" not in present]
     if vertex and lacking:
         raise DataError(
             f"the model has a vertex input (xyzVTX, cm) but {lacking} have no branch 'xyzVTX'"
         )
-    outputs = [o.name for o in session.get_outputs()]
     bar = tqdm(total=sum(n for _, n, _ in plan), unit="ev", desc="infer",
                disable=True if not progress else None)  # fmt: skip
     done = 0
     try:
-        with TreeWriter(output, "val_tree") as writer, ThreadPoolExecutor(1) as pool:
+        main_tree = "val_tree" if session is not None else INPAINTED_TREE
+        with TreeWriter(output, main_tree) as writer, ThreadPoolExecutor(1) as pool:
             ahead = pool.submit(load, tasks[0])
             for i in range(len(tasks)):
-                x, reco, present = ahead.result()
+                loaded = ahead.result()  # (x, reco, present) or (npho, time, reco, present)
+                reco, present = loaded[-2:]
                 if i + 1 < len(tasks):  # read and normalise the next chunk while this one runs
                     ahead = pool.submit(load, tasks[i + 1])
+                if inpainting is None:
+                    x = loaded[0]
+                else:
+                    try:
+                        npho, tm, filled = inpainting.fill(*loaded[:2], reco, batch_size)
+                    except deadchannels.DeadChannelError:
+                        raise
+                    except Exception as e:  # onnxruntime's own errors: a message
+                        src, start, stop = tasks[i][:3]
+                        raise RuntimeError(
+                            f"onnxruntime (inpainter) failed on {src!r} events {start}..{stop}: {e}"
+                        ) from None
+                    writer.extend(filled, INPAINTED_TREE)  # the first chunk creates the tree
+                    if session is None:
+                        done += len(npho)
+                        bar.update(len(npho))
+                        continue
+                    x = np.stack([npho, tm], -1) if raw else normaliser(npho, tm)
                 try:
                     feeds = [{name: x[b : b + batch_size],
                               **{v: reco["xyzVTX"][b : b + batch_size].astype(np.float32)
@@ -318,7 +474,23 @@ def _norm_overrides(items: list[str]) -> dict[str, str]:
 def main(argv: list[str] | None = None) -> int:
     keep_freed_host_memory()
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--onnx", required=True, help="model exported by tools/export_onnx.py")
+    p.add_argument("--onnx", help="angle model exported by tools/export_onnx.py")
+    p.add_argument(
+        "--inpaint",
+        metavar="INP.onnx",
+        help="inpainter exported by tools/export_onnx.py: fill dead channels first",
+    )
+    p.add_argument(
+        "--dead-channels",
+        metavar="FILE",
+        help="with --inpaint: run -> dead channels list (text or ROOT) to fill too",
+    )
+    p.add_argument(
+        "--unknown-run",
+        choices=deadchannels.UNKNOWN,
+        default="error",
+        help="a run missing from --dead-channels: error (default) or none listed",
+    )
     p.add_argument("--input", required=True, nargs="+", help="ROOT file(s), directory or glob")
     p.add_argument("--output", help="default: inference_results_Run<first>-<last>.root")
     p.add_argument("--tree", default="tree")
@@ -334,20 +506,41 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.chunksize <= 0 or args.batch_size <= 0:
             raise ValueError("--chunksize and --batch-size must be > 0")
-        session, meta = load_session(args.onnx, args.device, args.threads)
-        normaliser, raw = resolve_normaliser(meta, _norm_overrides(args.norm), args.onnx)
+        if not (args.onnx or args.inpaint):
+            raise ValueError("give --onnx (angle model), --inpaint (inpainter) or both")
+        if args.dead_channels and not args.inpaint:
+            raise ValueError("--dead-channels needs --inpaint (the inpainter fills them)")
+        if args.norm and not args.onnx:
+            raise ValueError("--norm overrides the angle model's (--onnx) normalisation")
+        session, normaliser, raw, inpainting = None, None, False, None
+        if args.onnx:
+            session, meta = load_session(args.onnx, args.device, args.threads)
+            normaliser, raw = resolve_normaliser(meta, _norm_overrides(args.norm), args.onnx)
+        if args.inpaint:
+            inp_session, inp_norm = load_inpainter(args.inpaint, args.device, args.threads)
+            if normaliser is not None and normaliser.branches != inp_norm.branches:
+                raise ValueError(
+                    f"--inpaint reads the branches {inp_norm.branches}, --onnx "
+                    f"{normaliser.branches}: the angle model must read the branches the "
+                    "inpainter fills"
+                )
+            table = deadchannels.read(args.dead_channels) if args.dead_channels else None
+            inpainting = Inpainting(inp_session, inp_norm, table, args.unknown_run)
         files = discover_files(args.input)
-        plan = plan_inputs(files, args.tree, normaliser)
+        plan = plan_inputs(files, args.tree, normaliser or inpainting.normaliser)
+        if inpainting is not None and inpainting.dead is not None:
+            check_runs(plan, args.tree, inpainting.dead, inpainting.unknown)
         output = args.output or default_output(files)
         t0 = time.perf_counter()
         n = run_inference(session, plan, normaliser, raw, output, args.tree, args.chunksize,
-                          args.batch_size, progress=not args.no_progress)  # fmt: skip
+                          args.batch_size, progress=not args.no_progress,
+                          inpainting=inpainting)  # fmt: skip
     except (FileNotFoundError, ValueError, KeyError, PermissionError, RuntimeError) as e:
         print(f"infer_real: {e}", file=sys.stderr)
         return 1
     dt = time.perf_counter() - t0
-    print(f"{n} events in {dt:.1f} s ({n / dt:.1f} events/s, {session.get_providers()[0]}) "
-          f"-> {output}")  # fmt: skip
+    provider = (session or inpainting.session).get_providers()[0]
+    print(f"{n} events in {dt:.1f} s ({n / dt:.1f} events/s, {provider}) -> {output}")
     return 0
 
 

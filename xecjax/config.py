@@ -163,11 +163,14 @@ def experiment_config(
     # "train.epochs,optim.lr": the schedule then changes from the resumed step on.
     c.resume_override = ""
     # "regression" (the angle and the tasks beside it) | "mae" (masked-autoencoder
-    # pretraining, configs/mae.py: its own model family and config.mae section, xecjax.mae)
+    # pretraining, configs/mae.py: its own model family and config.mae section, xecjax.mae) |
+    # "inpainter" (dead-channel inpainting, configs/inpainter.py: the MAE's model family and
+    # config.inpainter section, xecjax.inpainter)
     c.objective = "regression"
     # Fine-tuning: a pretraining (MAE) run's workdir whose best EMA encoder (backbone,
-    # hex_encoder, pos_embed, fusion) initialises this run's encoder when it starts fresh;
-    # strict about names and shapes (xecjax.finetune). "" = random initialisation.
+    # hex_encoder, pos_embed, fusion) initialises this run's encoder when it starts fresh (an
+    # inpainter: and the decoders); strict about names and shapes (xecjax.finetune). "" =
+    # random initialisation.
     c.init_from = ""
     c.init_freeze_epochs = 0  # with init_from: the encoder gets no updates for N epochs
     events, files, batch, epochs, peak_lr = SIZES[variant]

@@ -38,6 +38,12 @@ angle `model_from_vertex`: from the event's vertex to its predicted point. Multi
 (xecjax.tasks) add the task metrics beside their conventional estimates (summary "tasks") and
 pred_ / true_ energy, timing, u, v, w branches to val_tree.
 
+An inpainter or MAE run (config.objective "inpainter" | "mae", read from the checkpoint) is
+evaluated by xecjax.inpainter.evaluate_run instead: a sensor-level tree of the masked sensors
+(inpainting_results_<run>.root, tree inpaint_tree), the errors per face next to the
+neighbour-average and solid-angle-weighted estimates (summary.json, summary.md), and plots
+(inpainting_errors.pdf, inpainting_examples.pdf); `--mask-ratio` overrides the run's.
+
 Memory: batches (the [B, 4760, 2] inputs) are never accumulated; per event only a few floats of
 results are kept for the percentiles and profiles, and the N worst events' inputs.
 """
@@ -378,8 +384,11 @@ def evaluate_run(
     n_worst: int = 10,
     log_mlflow: bool = True,
     split: str = "test",
+    mask_ratio: float | None = None,
 ) -> dict[str, Any]:
-    """Evaluate a training run; writes the files listed in the module docstring.
+    """Evaluate a training run; writes the files listed in the module docstring. An inpainter
+    or MAE run goes to xecjax.inpainter.evaluate_run (n_worst events drawn as examples, at
+    most 4; mask_ratio: default the run's).
 
     Args:
       workdir: the training run directory (checkpoints/, summary.json, MLflow store).
@@ -405,6 +414,16 @@ def evaluate_run(
         raise ValueError(f"max_events must be >= 1 (or None for all), got {max_events}")
     t0 = time.time()
     step, meta = read_meta(workdir, which)
+    from xecjax import inpainter
+
+    if inpainter.is_reconstruction(meta["config"]):
+        return inpainter.evaluate_run(
+            workdir, data, which, ema, max_events=max_events, out_dir=out_dir,
+            batch_size=batch_size, with_baseline=with_baseline, n_examples=min(n_worst, 4),
+            log_mlflow=log_mlflow, split=split, mask_ratio=mask_ratio,
+        )  # fmt: skip
+    if mask_ratio is not None:
+        raise ValueError("mask_ratio: only for an inpainter or MAE run (this is a regression)")
     sources = evaluation_sources(meta, data, split, workdir)  # before anything is written
     model_cfg, normaliser, params, apply_fn = load_for_inference(workdir, which, ema)
     cfg = meta["config"]
@@ -600,8 +619,11 @@ def evaluate_run(
     return summary
 
 
-def log_to_mlflow(workdir: Path, meta: dict, summary: dict, paths: list[Path]) -> bool:
-    """Add the files and eval/* metrics to the run's MLflow entry; False (warned) if unavailable."""
+def log_to_mlflow(
+    workdir: Path, meta: dict, summary: dict, paths: list[Path], metrics: dict | None = None
+) -> bool:
+    """Add the files and eval/* metrics to the run's MLflow entry; False (warned) if unavailable.
+    metrics: the eval/* metrics (default: the model's angle metrics of the summary)."""
     from xecjax.tracking import Tracker, default_mlflow_uri
 
     run_id = meta.get("mlflow_run_id")
@@ -623,9 +645,12 @@ def log_to_mlflow(workdir: Path, meta: dict, summary: dict, paths: list[Path]) -
             run_id=run_id,
             tensorboard=False,
         )
-        model = dict(summary["metrics"]["model"])
-        unc = summary.get("uncertainty") or {}
-        model.update({k: unc[k] for k in ("coverage_68", "coverage_90") if k in unc})
+        if metrics is None:
+            model = dict(summary["metrics"]["model"])
+            unc = summary.get("uncertainty") or {}
+            model.update({k: unc[k] for k in ("coverage_68", "coverage_90") if k in unc})
+        else:
+            model = {k: v for k, v in metrics.items() if np.isfinite(v)}
         tracker.log_metrics(
             {f"eval/{k}": v for k, v in model.items()}, summary["checkpoint"]["step"]
         )
@@ -663,6 +688,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--saliency-events", type=int, default=256)
     p.add_argument("--worst", type=int, default=10, help="events in worst_events.pdf")
     p.add_argument("--no-mlflow", action="store_true")
+    p.add_argument("--mask-ratio", type=float, default=None,
+                   help="inpainter / MAE runs: share of valid sensors masked (default: the "
+                        "run's)")  # fmt: skip
     a = p.parse_args(argv)
     try:
         s = evaluate_run(
@@ -678,10 +706,16 @@ def main(argv: list[str] | None = None) -> int:
             n_worst=a.worst,
             log_mlflow=not a.no_mlflow,
             split=a.split,
+            mask_ratio=a.mask_ratio,
         )
     except (FileNotFoundError, ValueError) as e:
         print(f"xecjax.evaluate: error: {e}", file=sys.stderr)
         return 2
+    if "scores" in s:  # an inpainter / MAE run
+        from xecjax.inpainter import summary_markdown
+
+        print(summary_markdown(s))
+        return 0
     print(plots.summary_markdown(s))
     return 0
 

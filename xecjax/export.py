@@ -12,11 +12,20 @@ model adds one output per task (`output_energy`, `output_timing`, `output_uvw`);
 model.vertex_input adds the input `vertex` float32 [batch_size, 3], the measured positron vertex
 (xyzVTX) in cm.
 
+An inpainter (or MAE) run (model.name "mae", xecjax.inpainter) exports the completion instead:
+inputs `input` float32 [batch_size, 4760, 2] (normalised features) and `mask` float32
+[batch_size, 4760] (1 = fill this sensor; > 0.5 counts), output `output` float32
+[batch_size, 4760, 2], the completed array: the input where a sensor is observed, the model's
+reconstruction where the mask asks for it or the sensor is dead (npho feature = the
+Normaliser's sentinel). Normaliser.inverse of the metadata's normaliser turns it into photons
+and seconds. Normalised input only (raw_input is refused); parity in feature units.
+
 Architecture, weights and Normaliser come from the checkpoint (`checkpoint.load_for_inference`),
 never from flags. The file is self-contained (weights as initializers) and carries metadata_props:
   normaliser      Normaliser.to_dict() as JSON
   model_config    the model section of the training config as JSON
   input_kind      "normalised" or "raw"
+  objective       "regression", or "inpainter" / "mae" (the completion graph above)
   xecjax_version, git_commit, run_id (MLflow run id, or the workdir name), checkpoint
                   ("best@<step>/ema"), opset
 Every export is followed by a parity check (onnxruntime CPU vs the jitted JAX function on toy
@@ -53,6 +62,10 @@ PARITY_BATCHES = (1, 7, 256)
 INPUT_NAME, OUTPUT_NAME = "input", "output"
 # the second input of a model with model.vertex_input: the positron vertex (xyzVTX) [B, 3] cm
 VERTEX_NAME = "vertex"
+# the second input of an inpainter: [B, 4760] float32, 1 = fill the sensor
+MASK_NAME = "mask"
+# an inpainter's parity tolerance: the largest |onnxruntime - JAX| in feature units
+PARITY_TOLERANCE_FEATURES = 1e-3
 INPUT_KINDS = ("normalised", "raw")
 
 
@@ -74,8 +87,16 @@ def output_names(model_cfg: Mapping[str, Any]) -> list[str]:
 
 def input_names(model_cfg: Mapping[str, Any]) -> list[str]:
     """["input"], and "vertex" (xyzVTX [batch_size, 3] cm) for a model with
-    model.vertex_input."""
+    model.vertex_input, or "mask" ([batch_size, 4760]) for an inpainter."""
+    if is_inpainter(model_cfg):
+        return [INPUT_NAME, MASK_NAME]
     return [INPUT_NAME] + ([VERTEX_NAME] if _has_vertex(model_cfg) else [])
+
+
+def is_inpainter(model_cfg: Mapping[str, Any]) -> bool:
+    """Whether the model reconstructs sensors (model.name "mae": an inpainter or MAE run),
+    exported as the completion of xecjax.inpainter."""
+    return model_cfg.get("name") == "mae"
 
 
 def _has_vertex(model_cfg: Mapping[str, Any]) -> bool:
@@ -135,6 +156,15 @@ def onnx_function(
     compares the export (rebuilt from model_cfg) against apply_fn, i.e. against the training
     form.
     """
+    return angles_function(
+        onnx_apply(apply_fn, model_cfg), params, normaliser, _task_names(model_cfg),
+        _has_vertex(model_cfg),
+    )  # fmt: skip
+
+
+def onnx_apply(apply_fn: Callable[..., jax.Array], model_cfg: Mapping[str, Any]):
+    """apply_fn of the model of model_cfg rebuilt with dwconv="onnx" (onnx_function); apply_fn
+    itself for models without a dwconv option or already in that form."""
     if model_cfg.get("dwconv", "onnx") != "onnx":
         from flax import nnx
 
@@ -142,9 +172,7 @@ def onnx_function(
 
         cfg = ml_collections.ConfigDict({**_as_dict(model_cfg), "dwconv": "onnx"})
         apply_fn = make_apply(nnx.eval_shape(lambda: build_model(cfg, rngs=nnx.Rngs(0))))[1]
-    return angles_function(
-        apply_fn, params, normaliser, _task_names(model_cfg), _has_vertex(model_cfg)
-    )
+    return apply_fn
 
 
 def _task_names(model_cfg: Mapping[str, Any]) -> tuple[str, ...]:
@@ -179,13 +207,18 @@ def build_metadata(
     opset: int,
     run_id: str = "",
     checkpoint: str = "",
+    objective: str | None = None,
 ) -> dict[str, str]:
-    """The metadata_props of an exported model (all values strings)."""
+    """The metadata_props of an exported model (all values strings). objective: the training
+    run's config.objective (default: "inpainter" for a model.name "mae", else "regression")."""
     cfg = _as_dict(model_cfg)
+    if objective is None:
+        objective = "inpainter" if is_inpainter(cfg) else "regression"
     return {
         "normaliser": json.dumps(normaliser.to_dict(), sort_keys=True),
         "model_config": json.dumps(cfg, sort_keys=True, default=str),
         "input_kind": INPUT_KINDS[int(raw_input)],
+        "objective": str(objective),
         "xecjax_version": xecjax.__version__,
         "git_commit": git_commit(),
         "run_id": str(run_id),
@@ -237,8 +270,10 @@ def to_onnx_model(
     """jax2onnx conversion of fn with a symbolic batch, reshape targets folded
     (`fold_batch_shapes`); metadata set; ONNX checker passed. `outputs`: the names of fn's
     outputs (one, or one per element of the tuple it returns); `inputs`: of its arguments,
-    "input" [batch_size, 4760, 2] and optionally "vertex" [batch_size, 3]."""
-    shapes = {INPUT_NAME: ("batch_size", N_SENSORS, 2), VERTEX_NAME: ("batch_size", 3)}
+    "input" [batch_size, 4760, 2] and optionally "vertex" [batch_size, 3] or "mask"
+    [batch_size, 4760]."""
+    shapes = {INPUT_NAME: ("batch_size", N_SENSORS, 2), VERTEX_NAME: ("batch_size", 3),
+              MASK_NAME: ("batch_size", N_SENSORS)}  # fmt: skip
     from jax2onnx import to_onnx
 
     if int(opset) < DEFAULT_OPSET:
@@ -349,11 +384,17 @@ def save_model(model: onnx.ModelProto, output: str | os.PathLike) -> Path:
 # Parity
 # ----------------------------------------------------------------------------------------------
 def parity_inputs(
-    normaliser: Normaliser, raw_input: bool, n: int = 256, seed: int = 0, vertex: bool = False
+    normaliser: Normaliser,
+    raw_input: bool,
+    n: int = 256,
+    seed: int = 0,
+    vertex: bool = False,
+    mask: bool = False,
 ):
     """{"toy": x, "random": x}, float32 [n, 4760, 2] test inputs for the parity check; with
     `vertex` each is {"input": x, "vertex": [n, 3] cm} (the toy's xyzVTX; random: uniform
-    within +-10 cm).
+    within +-10 cm); with `mask` (an inpainter) {"input": x, "mask": [n, 4760] float32}, 5 %
+    of the sensors and the first 20 to fill.
 
     Toy events come from the simulation (its npho / time branches, normalised unless raw_input);
     random inputs cover the feature range including the -1 sentinels (raw: photons up to 5000
@@ -374,6 +415,9 @@ def parity_inputs(
         rand = rng.normal(0.0, 1.0, (n, N_SENSORS, 2))
         rand[rng.random((n, N_SENSORS, 2)) < 0.05] = -1.0
     out = {"toy": np.asarray(toy, np.float32), "random": rand.astype(np.float32)}
+    if mask:  # 5 % of the sensors to fill, and the first 20 of every event
+        fill = {k: (rng.random((n, N_SENSORS)) < 0.05) | (np.arange(N_SENSORS) < 20) for k in out}
+        out = {k: {INPUT_NAME: x, MASK_NAME: fill[k].astype(np.float32)} for k, x in out.items()}
     if vertex:
         vtx = {"toy": sim["xyzVTX"], "random": rng.uniform(-10, 10, (n, 3))}
         out = {k: {INPUT_NAME: x, VERTEX_NAME: vtx[k].astype(np.float32)} for k, x in out.items()}
@@ -448,44 +492,64 @@ def export_model(
     run_id: str = "",
     checkpoint: str = "",
     check: bool = True,
-    tolerance: float = PARITY_TOLERANCE_DEG,
+    tolerance: float | None = None,
     batches=PARITY_BATCHES,
     verbose: bool = True,
+    objective: str | None = None,
 ) -> tuple[Path, dict[str, float]]:
     """Export apply_fn(params, x) to `output` after a parity check; returns (path, max diffs).
 
     Raises ExportError (and writes nothing) when the largest |difference| exceeds `tolerance`
-    degrees. check=False skips the parity check (benchmarks, test fixtures).
+    (None: PARITY_TOLERANCE_DEG degrees, an inpainter PARITY_TOLERANCE_FEATURES feature
+    units). check=False skips the parity check (benchmarks,
+    test fixtures). objective: the run's config.objective, for the metadata (build_metadata).
     """
     opset = DEFAULT_OPSET if opset is None else int(opset)
-    norm = normaliser if raw_input else None
-    names = _task_names(model_cfg)
-    # the trained formulation: parity reference
-    fn = angles_function(apply_fn, params, norm, names, _has_vertex(model_cfg))
-    exported = onnx_function(apply_fn, params, model_cfg, norm)
+    inpainter = is_inpainter(model_cfg)
+    if tolerance is None:
+        tolerance = PARITY_TOLERANCE_FEATURES if inpainter else PARITY_TOLERANCE_DEG
+    if inpainter:
+        from xecjax.inpainter import completion_function
+
+        if raw_input:
+            raise ValueError(
+                "raw_input: an inpainter exports with normalised input only (feed the "
+                "Normaliser's features of the metadata; Normaliser.inverse converts the output)"
+            )
+        # the trained formulation: parity reference
+        fn = completion_function(apply_fn, params, normaliser)
+        exported = completion_function(onnx_apply(apply_fn, model_cfg), params, normaliser)
+    else:
+        norm = normaliser if raw_input else None
+        names = _task_names(model_cfg)
+        # the trained formulation: parity reference
+        fn = angles_function(apply_fn, params, norm, names, _has_vertex(model_cfg))
+        exported = onnx_function(apply_fn, params, model_cfg, norm)
     meta = build_metadata(
         normaliser, model_cfg, raw_input=raw_input, opset=opset, run_id=run_id,
-        checkpoint=checkpoint,
+        checkpoint=checkpoint, objective=objective,
     )  # fmt: skip
     model = to_onnx_model(exported, meta, opset, output_names(model_cfg), input_names(model_cfg))
     diffs: dict[str, float] = {}
     if check:
-        inputs = parity_inputs(normaliser, raw_input, max(batches), vertex=_has_vertex(model_cfg))
+        inputs = parity_inputs(normaliser, raw_input, max(batches),
+                               vertex=_has_vertex(model_cfg), mask=inpainter)  # fmt: skip
         diffs = parity_check(model, fn, inputs, batches)
 
         def limit(key: str) -> float:
             return PARITY_TOLERANCE.get(key.split(" ")[-1], tolerance)
 
+        what = "feature units" if inpainter else "deg"
         if verbose:
             for name, d in diffs.items():
-                unit = UNIT.get(name.split("_")[-1], "deg")
+                unit = what if inpainter else UNIT.get(name.split("_")[-1], "deg")
                 print(f"parity {name:>12s}: max |onnxruntime - jax| = {d:.3g} {unit}", flush=True)
         bad = {n: d for n, d in diffs.items() if not d <= limit(n)}  # NaN fails too
         if bad:
             worst = ", ".join(f"{n}: {d:.3g}" for n, d in bad.items())
             raise ExportError(
-                f"parity check failed: max |onnxruntime - jax| above {tolerance:g} deg (tasks: "
-                f"{PARITY_TOLERANCE}) on {worst}; {os.fspath(output)!r} not written"
+                f"parity check failed: max |onnxruntime - jax| above {tolerance:g} {what} "
+                f"(tasks: {PARITY_TOLERANCE}) on {worst}; {os.fspath(output)!r} not written"
             )
     path = save_model(model, output)
     if verbose:
@@ -501,7 +565,7 @@ def export_run(
     ema: bool = True,
     opset: int | None = None,
     raw_input: bool = False,
-    tolerance: float = PARITY_TOLERANCE_DEG,
+    tolerance: float | None = None,
     verbose: bool = True,
 ) -> Path:
     """Export the `which` checkpoint (EMA weights by default) of a training run to `output`.
@@ -513,13 +577,16 @@ def export_run(
 
     if opset is not None and int(opset) < DEFAULT_OPSET:  # fail before loading the weights
         raise ValueError(f"opset {opset}: expected >= {DEFAULT_OPSET} (17 fails the ONNX checker)")
-    model_cfg, normaliser, params, apply_fn = load_for_inference(workdir, which=which, ema=ema)
     step, meta = read_meta(workdir, which)
+    objective = meta.get("config", {}).get("objective", "regression")
+    if raw_input and objective != "regression":  # fail before loading the weights
+        raise ValueError(f"raw_input: an {objective} run exports with normalised input only")
+    model_cfg, normaliser, params, apply_fn = load_for_inference(workdir, which=which, ema=ema)
     run_id = meta.get("mlflow_run_id") or Path(workdir).resolve().name
     path, _ = export_model(
         apply_fn, params, normaliser, model_cfg, output, opset=opset, raw_input=raw_input,
         run_id=run_id, checkpoint=f"{which}@{step}/{'ema' if ema else 'params'}",
-        tolerance=tolerance, verbose=verbose,
+        tolerance=tolerance, verbose=verbose, objective=objective,
     )  # fmt: skip
     return path
 

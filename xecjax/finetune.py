@@ -8,10 +8,15 @@ same shape and dtype, and the checkpoint's encoder must have no leaf the model l
 normalisation must be the checkpoint's, since the encoder learned on its features. Anything else
 is a ValueError naming the parameter, the shapes and the checkpoint, never a partial load.
 
+An inpainter (config.objective = "inpainter", xecjax.inpainter; the MAE's own model family)
+copies the decoders too (decoders=True, config.inpainter.init_decoders): every parameter under
+ENCODER_PARTS and DECODER_PREFIX, with the same strictness.
+
 The copy happens once, when the run starts fresh; a resumed run restores its own parameters
 (and keeps config.init_from in its config only as a record). With config.init_freeze_epochs = N
 the encoder gets zero updates during the first N epochs (freeze_encoder_updates): the heads
-learn on the pretrained features first. The optimiser's moments keep following the encoder's
+learn on the pretrained features first; an inpainter with config.inpainter.freeze_encoder keeps
+it frozen for the whole run. The optimiser's moments keep following the encoder's
 gradients meanwhile, so the encoder starts moving with settled moments when it unfreezes.
 """
 
@@ -25,6 +30,11 @@ import jax.numpy as jnp
 import ml_collections
 
 from xecjax.models.mae import ENCODER_PARTS
+
+# the parameters of the MAE's face decoders (xecjax.models.mae: decoder_<token>)
+DECODER_PREFIX = "decoder_"
+# steps of a freeze that lasts the whole run (freeze_encoder_updates(FOREVER); int32 steps)
+FOREVER = 2**31 - 1
 
 
 def leaf_name(path) -> str:
@@ -43,15 +53,28 @@ def is_encoder(name: str) -> bool:
     return name.split("/", 1)[0] in ENCODER_PARTS
 
 
-def encoder_leaves(params) -> dict[str, Any]:
-    """{leaf_name: array} of the encoder parameters of a parameter pytree."""
+def is_decoder(name: str) -> bool:
+    """Whether a parameter (leaf_name) belongs to one of the MAE's face decoders."""
+    return name.split("/", 1)[0].startswith(DECODER_PREFIX)
+
+
+def encoder_leaves(params, decoders: bool = False) -> dict[str, Any]:
+    """{leaf_name: array} of the encoder parameters of a parameter pytree (and of the decoders
+    with decoders=True)."""
     flat = jax.tree_util.tree_flatten_with_path(params)[0]
-    return {leaf_name(p): v for p, v in flat if is_encoder(leaf_name(p))}
+    return {leaf_name(p): v for p, v in flat if _copied(leaf_name(p), decoders)}
 
 
-def load_encoder(params, init_from: str | Path, normaliser=None, which: str = "best"):
+def _copied(name: str, decoders: bool) -> bool:
+    return is_encoder(name) or (decoders and is_decoder(name))
+
+
+def load_encoder(
+    params, init_from: str | Path, normaliser=None, which: str = "best", decoders: bool = False
+):
     """params with their encoder leaves replaced by those of the `which` (default best) EMA
-    checkpoint of the run in `init_from` (a workdir or its checkpoints directory).
+    checkpoint of the run in `init_from` (a workdir or its checkpoints directory); with
+    decoders=True the face decoders' leaves too (an inpainter from an MAE run).
 
     Returns (params, info) with info {"checkpoint", "step", "model", "leaves"}. normaliser: the
     run's Normaliser, refused when it differs from the checkpoint's. Raises ValueError on any
@@ -70,8 +93,9 @@ def load_encoder(params, init_from: str | Path, normaliser=None, which: str = "b
             "set config.norm to the checkpoint's values: "
             + ", ".join(f"norm.{k} = {a!r} (here {b!r})" for k, (a, b) in diff.items())
         )
-    source = encoder_leaves(ckpt_params)
-    target = encoder_leaves(params)
+    source = encoder_leaves(ckpt_params, decoders)
+    target = encoder_leaves(params, decoders)
+    what = "encoder and decoder" if decoders else "encoder"
     missing = sorted(set(target) - set(source))
     extra = sorted(set(source) - set(target))
     if missing or extra:
@@ -80,21 +104,21 @@ def load_encoder(params, init_from: str | Path, normaliser=None, which: str = "b
                                         ("in the checkpoint but not in this model", extra))
                     if names]  # fmt: skip
         raise ValueError(
-            f"init_from {where} (model.name {model_cfg.get('name')!r}): encoder parameters "
+            f"init_from {where} (model.name {model_cfg.get('name')!r}): {what} parameters "
             + "; ".join(problems)
-            + " (the encoder options of config.model must equal the checkpoint's)"
+            + f" (the {what} options of config.model must equal the checkpoint's)"
         )
     for name, new in target.items():
         old = source[name]
         if old.shape != new.shape or old.dtype != new.dtype:
             raise ValueError(
-                f"init_from {where}: encoder parameter {name} has shape {tuple(old.shape)} "
+                f"init_from {where}: {what} parameter {name} has shape {tuple(old.shape)} "
                 f"{old.dtype} in the checkpoint but {tuple(new.shape)} {new.dtype} in this model "
-                "(the encoder options of config.model must equal the checkpoint's)"
+                f"(the {what} options of config.model must equal the checkpoint's)"
             )
 
     def copy(path, leaf):
-        return source[name] if is_encoder(name := leaf_name(path)) else leaf
+        return source[name] if _copied(name := leaf_name(path), decoders) else leaf
 
     out = jax.tree_util.tree_map_with_path(copy, params)
     info = {"checkpoint": str(where), "step": int(step), "model": model_cfg.get("name"),
@@ -103,13 +127,32 @@ def load_encoder(params, init_from: str | Path, normaliser=None, which: str = "b
 
 
 def check_config(config: ml_collections.ConfigDict) -> None:
-    """init_freeze_epochs needs init_from (a random encoder frozen would just be a handicap)."""
+    """init_freeze_epochs (and an inpainter's freeze_encoder) need init_from (a random encoder
+    frozen would just be a handicap)."""
     n = int(config.get("init_freeze_epochs", 0))
     if n < 0:
         raise ValueError(f"config.init_freeze_epochs must be >= 0, got {n}")
     if n > 0 and not config.get("init_from", ""):
         raise ValueError("config.init_freeze_epochs > 0 needs config.init_from (a pretrained "
                          "encoder to freeze)")  # fmt: skip
+    if frozen_for_the_run(config) and not config.get("init_from", ""):
+        raise ValueError("config.inpainter.freeze_encoder needs config.init_from (an MAE run "
+                         "whose encoder to freeze)")  # fmt: skip
+
+
+def frozen_for_the_run(config) -> bool:
+    """An inpainter whose encoder never moves (config.inpainter.freeze_encoder)."""
+    return config.get("objective", "regression") == "inpainter" and bool(
+        config.inpainter.get("freeze_encoder", False)
+    )
+
+
+def freeze_steps(config, steps_per_epoch: int) -> int:
+    """Steps without encoder updates: FOREVER for an inpainter's freeze_encoder, else
+    init_freeze_epochs * steps_per_epoch (0: none)."""
+    if frozen_for_the_run(config):
+        return FOREVER
+    return int(config.get("init_freeze_epochs", 0)) * int(steps_per_epoch)
 
 
 def freeze_encoder_updates(steps: int):

@@ -319,27 +319,42 @@ def score(
                              f"got {list(np.shape(a))}")  # fmt: skip
     npho_pred, time_pred = np.asarray(npho_pred), np.asarray(time_pred)
     chunk = _check_chunk(chunk)
-    parts: dict[str, list] = {
-        k: [] for k in ("face_n", "err_n", "miss_n", "face_t", "err_t", "miss_t")
-    }
+    parts: dict[str, list] = {k: [] for k in ("s", "np", "tp", "nt", "tt")}
     for a in range(0, len(mask), chunk):
         ev, s = np.nonzero(mask[a : a + chunk])
         ev = ev + a
-        nt = npho_true[ev, s].astype(np.float64)
-        np_ = npho_pred[ev, s].astype(np.float64)
-        tt = time_true[ev, s].astype(np.float64)
-        tp = time_pred[ev, s].astype(np.float64)
-        ok_n = _valid(nt)
-        fill_n = _valid(np_)
-        parts["face_n"].append(FACE_OF[s][ok_n])
-        parts["miss_n"].append(~fill_n[ok_n])
-        parts["err_n"].append((np_ - nt)[ok_n])
-        ok_t = ok_n & (nt >= time_min_npho) & _valid(tt)
-        fill_t = _valid(tp)
-        parts["face_t"].append(FACE_OF[s][ok_t])
-        parts["miss_t"].append(~fill_t[ok_t])
-        parts["err_t"].append(((tp - tt) * 1e9)[ok_t])
+        for k, arr in (("np", npho_pred), ("tp", time_pred), ("nt", npho_true), ("tt", time_true)):
+            parts[k].append(arr[ev, s])
+        parts["s"].append(s)
     cat = {k: np.concatenate(v) if v else np.zeros(0) for k, v in parts.items()}
+    return score_sensors(cat["s"].astype(np.int64), cat["np"], cat["tp"], cat["nt"], cat["tt"],
+                         time_min_npho)  # fmt: skip
+
+
+def score_sensors(
+    sensor, npho_pred, time_pred, npho_true, time_true, time_min_npho: float = TIME_MIN_NPHO
+) -> dict[str, dict[str, float]]:
+    """`score` on a flat list of estimated sensors (e.g. the rows of a sensor-level tree):
+    sensor [P] ids, npho_pred, time_pred, npho_true, time_true [P] (photons, seconds). The same
+    rules and the same result as score on the [N, 4760] arrays that hold these values under a
+    mask of exactly these (event, sensor) pairs."""
+    sensor = np.asarray(sensor)
+    arrays = [np.asarray(a).astype(np.float64) for a in (npho_pred, time_pred, npho_true,
+                                                          time_true)]  # fmt: skip
+    if sensor.ndim != 1 or any(a.shape != sensor.shape for a in arrays):
+        shapes = [list(np.shape(a)) for a in (sensor, *arrays)]
+        raise ValueError(f"score_sensors: sensor, npho_pred, time_pred, npho_true, time_true "
+                         f"must be [P] arrays, got shapes {shapes}")  # fmt: skip
+    np_, tp, nt, tt = arrays
+    face = FACE_OF[sensor.astype(np.int64)]
+    ok_n = _valid(nt)
+    fill_n = _valid(np_)
+    ok_t = ok_n & (nt >= time_min_npho) & _valid(tt)
+    fill_t = _valid(tp)
+    cat = {
+        "face_n": face[ok_n], "miss_n": ~fill_n[ok_n], "err_n": (np_ - nt)[ok_n],
+        "face_t": face[ok_t], "miss_t": ~fill_t[ok_t], "err_t": ((tp - tt) * 1e9)[ok_t],
+    }  # fmt: skip
 
     def stats(err: np.ndarray, miss: np.ndarray, name: str, unit: str) -> dict[str, float]:
         e = err[~miss.astype(bool)]
@@ -353,10 +368,10 @@ def score(
         }
 
     out = {}
-    for f, face in [*enumerate(FACE_NAMES), (None, "all")]:
+    for f, face_name in [*enumerate(FACE_NAMES), (None, "all")]:
         sel_n = np.ones(len(cat["face_n"]), bool) if f is None else cat["face_n"] == f
         sel_t = np.ones(len(cat["face_t"]), bool) if f is None else cat["face_t"] == f
-        out[face] = stats(cat["err_n"][sel_n], cat["miss_n"][sel_n], "npho", "") | stats(
+        out[face_name] = stats(cat["err_n"][sel_n], cat["miss_n"][sel_n], "npho", "") | stats(
             cat["err_t"][sel_t], cat["miss_t"][sel_t], "time", "_ns"
         )
     return out

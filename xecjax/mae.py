@@ -29,6 +29,11 @@ validation set instead of one batch.
 
 The MAE reads only npho, time, run and event (the Loader with truth=False): unlabelled MC or
 real data work.
+
+config.objective = "inpainter" (configs/inpainter.py, xecjax.inpainter) trains the same model
+family with the same masking, loss, steps and metrics, its settings in config.inpainter instead
+of config.mae (`settings`): a small mask ratio, started from an MAE run (init_from), the encoder
+optionally frozen.
 """
 
 from __future__ import annotations
@@ -45,7 +50,9 @@ from xecjax import geometry, tasks
 from xecjax.distributed import to_global
 from xecjax.steps import apply_update
 
-OBJECTIVES = ("regression", "mae")
+OBJECTIVES = ("regression", "mae", "inpainter")
+# the objectives that reconstruct sensors (model.name "mae", this module's steps and metrics)
+RECONSTRUCTION = ("mae", "inpainter")
 LOSSES = ("smooth_l1", "l1", "mse")
 NPHO_WEIGHTS = ("none", "npho")
 # the validation masks' base key (folded with each event's run and event numbers)
@@ -55,7 +62,8 @@ BATCH_KEYS = ("x", "valid", "run", "event")
 
 
 def objective(config: ml_collections.ConfigDict) -> str:
-    """config.objective: "regression" (default; configs without the key too) or "mae"."""
+    """config.objective: "regression" (default; configs without the key too), "mae" or
+    "inpainter"."""
     name = config.get("objective", "regression")
     if name not in OBJECTIVES:
         raise ValueError(f"config.objective must be one of {OBJECTIVES}, got {name!r}")
@@ -65,29 +73,42 @@ def objective(config: ml_collections.ConfigDict) -> str:
     return name
 
 
+def settings(config) -> ml_collections.ConfigDict:
+    """The masking and loss settings of a reconstruction run: config.mae (objective "mae") or
+    config.inpainter (objective "inpainter"); the same keys (configs/mae.py)."""
+    name = config["objective"] if "objective" in config else "regression"
+    return config["inpainter"] if name == "inpainter" else config["mae"]
+
+
 def check_config(config: ml_collections.ConfigDict) -> None:
-    """Refuse options an MAE run cannot honour (rather than ignoring them silently)."""
-    m = config.mae
+    """Refuse options an MAE or inpainter run cannot honour (rather than ignoring them
+    silently)."""
+    name = objective(config)
+    m = settings(config)
     if config.model.name != "mae":
-        raise ValueError(f"config.objective = 'mae' needs model.name = 'mae', got "
+        raise ValueError(f"config.objective = {name!r} needs model.name = 'mae', got "
                          f"{config.model.name!r}")  # fmt: skip
+    sec = "inpainter" if name == "inpainter" else "mae"
     if not 0.0 < float(m.mask_ratio) < 1.0:
-        raise ValueError(f"config.mae.mask_ratio must be in (0, 1), got {m.mask_ratio}")
+        raise ValueError(f"config.{sec}.mask_ratio must be in (0, 1), got {m.mask_ratio}")
     if m.loss not in LOSSES:
-        raise ValueError(f"config.mae.loss must be one of {LOSSES}, got {m.loss!r}")
+        raise ValueError(f"config.{sec}.loss must be one of {LOSSES}, got {m.loss!r}")
     if m.npho_weight not in NPHO_WEIGHTS:
-        raise ValueError(f"config.mae.npho_weight must be one of {NPHO_WEIGHTS}, "
+        raise ValueError(f"config.{sec}.npho_weight must be one of {NPHO_WEIGHTS}, "
                          f"got {m.npho_weight!r}")  # fmt: skip
     if len(tuple(m.channel_weights)) != 2:
-        raise ValueError(f"config.mae.channel_weights: (npho, time), got {m.channel_weights}")
+        raise ValueError(f"config.{sec}.channel_weights: (npho, time), got {m.channel_weights}")
     d = config.data
+    # an inpainter starts from an MAE run and exports (xecjax.inpainter); an MAE does neither
+    mae_only = name == "mae"
     bad = [k for k, on in (("data.reweight", d.reweight != "none"), ("data.fiducial", d.fiducial),
-                           ("train.export_onnx", config.train.export_onnx),
-                           ("init_from", bool(config.get("init_from", "")))) if on]  # fmt: skip
+                           ("train.export_onnx", mae_only and config.train.export_onnx),
+                           ("init_from", mae_only and bool(config.get("init_from", ""))))
+           if on]  # fmt: skip
     bad += [f"tasks.{n}.enabled" for n in tasks.enabled(config)]
     if bad:
         raise ValueError(
-            f"config.objective = 'mae' reads no truth and has no angle output: unset "
+            f"config.objective = {name!r} reads no truth and has no angle output: unset "
             f"{', '.join(bad)} (they need labels, or an angle model)"
         )
 
@@ -188,11 +209,13 @@ def total_loss(losses, channel_weights) -> Any:
 # ----------------------------------------------------------------------------------------------
 # Steps.
 # ----------------------------------------------------------------------------------------------
-def make_train_step(apply_fn, tx, config: ml_collections.ConfigDict, normaliser):
+def make_train_step(apply_fn, tx, config: ml_collections.ConfigDict, normaliser, freeze=None):
     """step(state, batch) -> (state, {"loss", "grad_norm", "finite"}): a fresh random mask
     per event (from the step's key), the reconstruction loss of the masked sensors, and the
-    update, EMA and NaN guard shared with the regression (xecjax.steps.apply_update)."""
-    m = config.mae
+    update, EMA and NaN guard shared with the regression (xecjax.steps.apply_update).
+    freeze: None, or fn(step, updates) -> updates (xecjax.finetune: the encoder of an
+    inpainter)."""
+    m = settings(config)
     sn, st = float(normaliser.sentinel_npho), float(normaliser.sentinel_time)
     ratio, cw = float(m.mask_ratio), tuple(float(w) for w in m.channel_weights)
 
@@ -210,7 +233,7 @@ def make_train_step(apply_fn, tx, config: ml_collections.ConfigDict, normaliser)
             return total_loss(face_losses(s["num"], s["den"]), cw)
 
         loss, grads = jax.value_and_grad(loss_of)(state["params"])
-        return apply_update(state, loss, grads, tx, config)
+        return apply_update(state, loss, grads, tx, config, freeze)
 
     return step_fn
 
@@ -218,7 +241,7 @@ def make_train_step(apply_fn, tx, config: ml_collections.ConfigDict, normaliser)
 def make_eval_step(apply_fn, config: ml_collections.ConfigDict, normaliser):
     """eval(params, batch) -> the masked_sums of the batch plus "masked" and "valid" sensor
     counts; the masks from each event's (run, event) (event_keys)."""
-    m = config.mae
+    m = settings(config)
     sn, st = float(normaliser.sentinel_npho), float(normaliser.sentinel_time)
     ratio = float(m.mask_ratio)
 
@@ -247,14 +270,23 @@ def evaluate(
             sums[k] = sums.get(k, 0.0) + np.asarray(v, np.float64)
     if not sums:
         raise ValueError("the validation set is empty: check config.data.val / val_fraction")
+    return summarise(sums, settings(config).channel_weights, prefix="val_")
+
+
+def summarise(sums: dict, channel_weights, prefix: str = "") -> dict[str, float]:
+    """The metrics of the module docstring from the sums of make_eval_step over a data set
+    ({"num", "den", "sq", "count", "masked", "valid"}), keys with `prefix` ("val_" in
+    training): loss (= total_loss), total_loss, loss_{npho,time}[_<face>], rmse_{npho,time},
+    actual_mask_ratio."""
+    sums = {k: np.asarray(v, np.float64) for k, v in sums.items()}
     losses = face_losses(sums["num"], sums["den"])
-    cw = tuple(float(w) for w in config.mae.channel_weights)
+    cw = tuple(float(w) for w in channel_weights)
     total = float(total_loss(losses, cw))
-    res = {"val_loss": total, "val_total_loss": total}
+    res = {"loss": total, "total_loss": total}
     for c, channel in enumerate(("npho", "time")):
-        res[f"val_loss_{channel}"] = float(losses[c].sum())
+        res[f"loss_{channel}"] = float(losses[c].sum())
         for f, face in enumerate(geometry.FACE_NAMES):
-            res[f"val_loss_{channel}_{face}"] = float(losses[c, f])
-        res[f"val_rmse_{channel}"] = float(np.sqrt(sums["sq"][c] / max(sums["count"][c], 1.0)))
-    res["val_actual_mask_ratio"] = float(sums["masked"] / max(sums["valid"], 1.0))
-    return res
+            res[f"loss_{channel}_{face}"] = float(losses[c, f])
+        res[f"rmse_{channel}"] = float(np.sqrt(sums["sq"][c] / max(sums["count"][c], 1.0)))
+    res["actual_mask_ratio"] = float(sums["masked"] / max(sums["valid"], 1.0))
+    return {prefix + k: v for k, v in res.items()}

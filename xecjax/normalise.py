@@ -110,6 +110,37 @@ class Normaliser:
         self.into(np.asarray(npho, np.float32), np.asarray(time, np.float32), out)
         return out
 
+    def inverse(self, x):
+        """Features x [..., 2] -> (npho, time) [...] float32 in the units of the branches
+        (photons or npho_branch's unit; seconds): the inverse of __call__ where that is one.
+
+        npho: log1p `s * expm1(f * s2)`, sqrt `s * f^2`, anscombe `(s + 3/8) f^2 - 3/8`, linear
+        `f * s`; the sqrt and anscombe schemes take f < 0 as 0 (their features are never
+        negative). time: `(g + time_shift) * time_scale`. Pure arithmetic on every value, for
+        a model's predictions: a feature equal to a sentinel is not special here (mask dead
+        channels and sentinel times yourself). Round trip: inverse(self(n, t)) gives back n
+        where n is valid and inside the scheme's domain (n > -s for log1p, n >= 0 for sqrt,
+        n >= -3/8 for anscombe), and t where the time feature is not the sentinel (float32
+        rounding: ~1e-6 relative). NumPy in, NumPy out; jax in, jax out (jit-able).
+        """
+        xp = jnp if isinstance(x, jax.Array) else np
+        x = xp.asarray(x, xp.float32)
+        if x.shape[-1:] != (2,):
+            raise ValueError(f"features {tuple(x.shape)}: expected [..., 2] (npho, time)")
+        f, g = x[..., 0], x[..., 1]
+        s = _F(self.npho_scale)
+        with np.errstate(over="ignore", invalid="ignore"):
+            if self.npho_scheme == "log1p":
+                n = s * xp.expm1(f * _F(self.npho_scale2))
+            elif self.npho_scheme == "sqrt":
+                n = s * xp.square(xp.maximum(f, _F(0)))
+            elif self.npho_scheme == "anscombe":
+                n = (s + _F(0.375)) * xp.square(xp.maximum(f, _F(0))) - _F(0.375)
+            else:
+                n = f * s
+            t = (g + _F(self.time_shift)) * _F(self.time_scale)
+        return n.astype(xp.float32), t.astype(xp.float32)
+
     def _consts(self) -> dict[str, np.float32]:
         # mul: the scale factor; lo: the lowest npho inside the domain of sqrt / anscombe
         s = float(self.npho_scale)

@@ -320,6 +320,87 @@ def plot_worst_events(
     return Path(path)
 
 
+# ----------------------------------------------------------------------------------------------
+# Inpainting (xecjax.inpainter).
+# ----------------------------------------------------------------------------------------------
+def plot_inpainting_errors(
+    values: Mapping[str, np.ndarray], scores: Mapping[str, Mapping], path, time_min_npho: float
+) -> Path:
+    """Errors on the masked sensors per method -> PDF. values: flat arrays "sensor", "truth_n",
+    "truth_t" and "<method>_n", "<method>_t" (photons, seconds); scores: {method: score dict of
+    xecjax.inpaint.score_sensors}. Page 1: mean |error| of npho and time per face and method;
+    page 2: the distributions of npho error (relative to the truth) and of time error (ns,
+    truth npho >= time_min_npho)."""
+    methods = list(scores)
+    with atomic_pdf(path) as pdf:
+        fig, axes = plt.subplots(1, 2, figsize=(12, 4.2))
+        x = np.arange(len(FACE_NAMES))
+        width = 0.8 / max(len(methods), 1)
+        for k, (key, label) in enumerate((("npho_mae", "mean |npho error| (photons)"),
+                                           ("time_mae_ns", "mean |time error| (ns)"))):  # fmt: skip
+            for i, m in enumerate(methods):
+                v = [scores[m][f][key] for f in FACE_NAMES]
+                axes[k].bar(x + width * (i - (len(methods) - 1) / 2), v, width=width, label=m)
+            axes[k].set_xticks(x, FACE_NAMES)
+            axes[k].set(ylabel=label, title=f"{label.split(' (')[0]} per face")
+            axes[k].legend(fontsize=7)
+        _save(fig, pdf)
+
+        fig, axes = plt.subplots(1, 2, figsize=(12, 4.2))
+        tn = np.asarray(values["truth_n"], np.float64)
+        tt = np.asarray(values["truth_t"], np.float64)
+        ok_n = np.isfinite(tn) & (np.abs(tn) < 9e9)
+        ok_t = ok_n & (tn >= time_min_npho) & np.isfinite(tt) & (np.abs(tt) < 9e9)
+        rel = {m: (values[f"{m}_n"] - tn)[ok_n] / np.maximum(tn[ok_n], 1.0) for m in methods}
+        dt = {m: ((values[f"{m}_t"] - tt) * 1e9)[ok_t] for m in methods}
+        for ax, errs, label in ((axes[0], rel, "(pred - truth) / max(truth, 1), npho"),
+                                (axes[1], dt, "pred - truth, time (ns)")):  # fmt: skip
+            allv = np.concatenate([e[np.isfinite(e)] for e in errs.values()] or [np.zeros(0)])
+            lim = float(np.percentile(np.abs(allv), 98)) if allv.size else 1.0
+            bins = np.linspace(-lim, lim, 81) if lim > 0 else 81
+            for m, e in errs.items():
+                ax.hist(e[np.isfinite(e)], bins=bins, histtype="step", label=m)
+            ax.set(xlabel=label, ylabel="masked sensors")
+            ax.legend(fontsize=7)
+        _save(fig, pdf)
+    return Path(path)
+
+
+def plot_inpainting_examples(events: Sequence[Mapping], path, time_min_npho: float) -> Path:
+    """One page per event: per face the true npho, the completed npho (the model's estimate on
+    masked and dead sensors), the npho error and the time error (ns) of the masked sensors.
+
+    events: dicts with "truth" and "completed" [4760, 2] (photons, seconds), "mask" and "dead"
+    [4760] bool, "run", "event". npho drawn as log10(1 + max(npho, 0)); dead channels blank in
+    the truth row."""
+    with atomic_pdf(path) as pdf:
+        if not events:
+            fig = plt.figure(figsize=(6, 2))
+            fig.text(0.5, 0.5, "no events", ha="center")
+            _save(fig, pdf)
+        for ev in events:
+            truth = np.asarray(ev["truth"], np.float64)
+            done = np.asarray(ev["completed"], np.float64)
+            mask, dead = np.asarray(ev["mask"], bool), np.asarray(ev["dead"], bool)
+            shown = np.where(dead, np.nan, np.log10(1.0 + np.maximum(truth[:, 0], 0.0)))
+            filled = np.log10(1.0 + np.maximum(done[:, 0], 0.0))
+            err_n = np.where(mask, done[:, 0] - truth[:, 0], np.nan)
+            timed = mask & (truth[:, 0] >= time_min_npho) & (np.abs(truth[:, 1]) < 9e9)
+            err_t = np.where(timed, (done[:, 1] - truth[:, 1]) * 1e9, np.nan)
+            fig, axes = plt.subplots(4, len(FACE_PANELS), figsize=(22, 13))
+            draw_faces(fig, axes[0], shown, "truth log10(1+npho)")
+            draw_faces(fig, axes[1], filled, "completed log10(1+npho)")
+            draw_faces(fig, axes[2], err_n, "masked: npho error", "coolwarm")
+            draw_faces(fig, axes[3], err_t, "masked: time error (ns)", "coolwarm")
+            fig.suptitle(
+                f"run {ev['run']} event {ev['event']}: {int(mask.sum())} masked, "
+                f"{int(dead.sum())} dead sensors (the completed array holds the model's "
+                "estimate on both)"
+            )
+            _save(fig, pdf, tight=False)
+    return Path(path)
+
+
 def summary_markdown(summary: dict[str, Any]) -> str:
     """A short human-readable report of an evaluation summary."""
     ck, d = summary["checkpoint"], summary["data"]

@@ -250,6 +250,9 @@ class TreeWriter:
 
     >>> with TreeWriter("out.root", "tree") as w:
     ...     w.extend({"npho": np.zeros((10, 4760), np.float32), "run": np.zeros(10, np.int32)})
+
+    extend(chunk, tree="other") writes another tree of the same file (created by its first
+    chunk, which may have no entries); `entries` counts those of the main tree.
     """
 
     def __init__(self, path: str | os.PathLike, tree: str = "tree", compression: str = "lz4"):
@@ -263,17 +266,19 @@ class TreeWriter:
             raise PermissionError(f"output directory {str(parent)!r} is not writable")
         self._tmp = parent / f".{self.path.name}.tmp{os.getpid()}"
         self._file = None
-        self._tree = None
+        self._trees = {}  # name -> uproot WritableTree
         self.entries = 0
 
     def __enter__(self) -> TreeWriter:
         self._file = uproot.recreate(self._tmp, compression=self.compression)
         return self
 
-    def extend(self, chunk: Mapping[str, np.ndarray]) -> None:
+    def extend(self, chunk: Mapping[str, np.ndarray], tree: str | None = None) -> None:
+        name = self.tree_name if tree is None else tree
         chunk = {k: np.ascontiguousarray(v) for k, v in chunk.items()}
-        if self._tree is None:
-            self._tree = self._file.mktree(self.tree_name, branch_types(chunk))
+        if name not in self._trees:
+            self._trees[name] = self._file.mktree(name, branch_types(chunk))
+        target = self._trees[name]
         lengths = {k: len(v) for k, v in chunk.items()}
         n = next(iter(lengths.values()))
         if any(m != n for m in lengths.values()):
@@ -281,8 +286,9 @@ class TreeWriter:
         widest = max(v.itemsize * math.prod(v.shape[1:]) for v in chunk.values())  # per entry
         step = max(1, BASKET_BYTES // max(widest, 1))
         for a in range(0, n, step):
-            self._tree.extend({k: v[a : a + step] for k, v in chunk.items()})
-        self.entries += n
+            target.extend({k: v[a : a + step] for k, v in chunk.items()})
+        if name == self.tree_name:
+            self.entries += n
 
     def __exit__(self, exc_type, exc, tb) -> None:
         # renamed into place only after a successful close (which writes the ROOT header):

@@ -7,7 +7,9 @@ With no data path configured the embedded toy data set is generated once (xecjax
 the git-ignored cache config.data.toy_dir and reused. config.objective = "mae" (configs/mae.py)
 pretrains the encoder as a masked autoencoder instead (xecjax.mae; unlabelled files work, `best`
 by the validation total loss); `--config.init_from=W_mae` starts a regression run from that
-run's encoder (xecjax.finetune). The story of `train_and_evaluate` follows
+run's encoder (xecjax.finetune). config.objective = "inpainter" (configs/inpainter.py) trains
+the MAE's model at a small mask ratio from an MAE run's encoder and decoders, to fill dead
+channels (xecjax.inpainter). The story of `train_and_evaluate` follows
 the banner comments: mesh, data, model + optimizer, update step, restore, evaluation, loop.
 
 Resume order (`--config.resume`): "" starts fresh and refuses a workdir that already has
@@ -203,7 +205,7 @@ def make_data(config: ml_collections.ConfigDict, meta: dict[str, Any] | None) ->
         process_index=rank,
         process_count=n_proc,
     )
-    if mae_objective.objective(config) == "mae":
+    if mae_objective.objective(config) in mae_objective.RECONSTRUCTION:
         common["truth"] = False  # the MAE reads npho, time, run and event: unlabelled files
     train = Loader(
         split.train,
@@ -284,12 +286,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
 
     t_start = time.time()
     tasks.configure_model(config)  # the enabled tasks' heads and target scales into config.model
-    objective = mae_objective.objective(config)  # "regression" | "mae"
-    if objective == "mae":
+    objective = mae_objective.objective(config)  # "regression" | "mae" | "inpainter"
+    reconstruction = objective in mae_objective.RECONSTRUCTION  # sensors, not angles
+    if reconstruction:
         mae_objective.check_config(config)
     finetune.check_config(config)
     # the validation metric that chooses `best` (smaller is better)
-    best_key = "val_total_loss" if objective == "mae" else "val_resolution_deg"
+    best_key = "val_total_loss" if reconstruction else "val_resolution_deg"
     workdir = Path(workdir)
     workdir.mkdir(parents=True, exist_ok=True)
     is_main = jax.process_index() == 0
@@ -335,11 +338,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
     params, apply_fn = make_apply(model)
     if config.get("init_from", "") and source is None:
         # fine-tuning: the pretrained encoder, once, at a fresh start (a resumed run restores
-        # its own parameters below and never reloads it)
-        params, info = finetune.load_encoder(params, config.init_from, data["normaliser"])
+        # its own parameters below and never reloads it); an inpainter takes the decoders too
+        decoders = objective == "inpainter" and bool(config.inpainter.init_decoders)
+        params, info = finetune.load_encoder(
+            params, config.init_from, data["normaliser"], decoders=decoders
+        )
         if is_main:
-            print(f"encoder initialised from {info['checkpoint']} (step {info['step']}, "
-                  f"{info['leaves']} parameter arrays)", flush=True)  # fmt: skip
+            print(f"{'encoder and decoders' if decoders else 'encoder'} initialised from "
+                  f"{info['checkpoint']} (step {info['step']}, {info['leaves']} parameter "
+                  "arrays)", flush=True)  # fmt: skip
     schedule = make_schedule(config.optim, steps_per_epoch, config.train.epochs)
     tx = make_optimizer(config.optim, schedule)
     loss_fn = losses.get_loss(config.optim.loss, config.optim.beta)
@@ -363,15 +370,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
 
     # --- update step -------------------------------------------------------------------------
     batch_keys = None  # what a step reads of a batch (to_global); None: the regression's
-    if objective == "mae":
+    # fine-tuning with init_freeze_epochs: no encoder updates before that step (an inpainter's
+    # freeze_encoder: never)
+    freeze = finetune.freeze_encoder_updates(finetune.freeze_steps(config, steps_per_epoch))
+    if reconstruction:
         batch_keys = mae_objective.BATCH_KEYS
-        step_fn = mae_objective.make_train_step(apply_fn, tx, config, data["normaliser"])
+        step_fn = mae_objective.make_train_step(apply_fn, tx, config, data["normaliser"], freeze)
         eval_fn = mae_objective.make_eval_step(apply_fn, config, data["normaliser"])
         eval_out = replicated  # sums over the global batch
     else:
-        # fine-tuning with init_freeze_epochs: no encoder updates before that step
-        frozen_steps = int(config.get("init_freeze_epochs", 0)) * steps_per_epoch
-        freeze = finetune.freeze_encoder_updates(frozen_steps)
         step_fn = make_train_step(apply_fn, tx, loss_fn, config, freeze)
         task_loss, vertex_input = tasks.make_loss(config), needs_vertex(config.model)
         eval_fn = make_eval_step(
@@ -425,7 +432,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
         tracker.log_metrics({"n_params": n_params, "steps_per_epoch": steps_per_epoch}, 0)
     # the conventional reconstruction on the same validation events, once per run (process 0)
     baselines = {}
-    if is_main and objective == "regression":  # (an MAE run has no angles)
+    if is_main and objective == "regression":  # (an MAE or inpainter run has no angles)
         baselines = baseline_reference(data, config.data.batch_size, config.data.fiducial)
     if baselines:
         print("validation baselines (psi 68 %): " + ", ".join(
@@ -523,7 +530,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
                 row.update(throughput_metrics(
                     n_events, load_s, batch_s, row["epoch_time"]))  # fmt: skip
                 if (epoch + 1) % config.train.eval_every == 0 or last_epoch:
-                    if objective == "mae":
+                    if reconstruction:
                         val = mae_objective.evaluate(
                             eval_step, state["ema"], data["val"], batch_sharding, config
                         )
