@@ -256,7 +256,18 @@ def test_evaluation_writes_the_masked_sensors_in_physical_units(inp_run, evaluat
     # the completed array: the input where observed, the reconstruction where masked or dead
     completed, fill = np.asarray(completed), ev["mask"] | (ev["x"][..., 0] == -1.0)
     np.testing.assert_array_equal(completed[~fill], ev["x"][~fill])
-    np.testing.assert_array_equal(completed[fill], np.asarray(pred)[fill])
+    pred = np.asarray(pred)
+    np.testing.assert_array_equal(completed[fill][:, 0], pred[fill][:, 0])
+    # the time as the Normaliser gives it: the sentinel where the filled npho is below its
+    # threshold, so that normalising the filled raw values reproduces the completed array
+    dim = fill & (pred[..., 0] < inpainter.npho_threshold_feature(norm))
+    assert dim.any() and (fill & ~dim).any()
+    np.testing.assert_array_equal(completed[dim][:, 1], norm.sentinel_time)
+    np.testing.assert_array_equal(completed[fill & ~dim][:, 1], pred[fill & ~dim][:, 1])
+    renorm = np.asarray(norm(*norm.inverse(completed)))
+    thr = inpainter.npho_threshold_feature(norm)
+    clear = fill & (np.abs(pred[..., 0] - thr) > 1e-3)  # not at the threshold's rounding edge
+    np.testing.assert_allclose(renorm[clear], completed[clear], rtol=1e-4, atol=1e-4)
     assert (ev["x"][..., 0] == -1.0).any()  # the toy has dead channels: filled too
 
 
@@ -268,19 +279,32 @@ def test_evaluation_compares_with_the_baselines_on_the_same_sensors(inp_run, eva
     idx, s = tree["event_idx"], tree["sensor_id"]
     scores = summary["scores"]
     assert set(scores) == {"model", "neighbour_average", "solid_angle_weighted"}
-    for name, prefix in (("neighbour_average", "neighbour"), ("solid_angle_weighted",
-                                                             "solid_angle")):  # fmt: skip
-        est_n, est_t = inpaint.METHODS[name](npho, time, mask)
-        want = inpaint.score(est_n, est_t, npho, time, mask)
-        for face in (*geometry.FACE_NAMES, "all"):
-            assert scores[name][face] == pytest.approx(want[face], rel=1e-4, nan_ok=True), face
-        np.testing.assert_allclose(tree[f"{prefix}_npho"], est_n[idx, s], rtol=1e-4, atol=1e-2)
-    # the model's score: xecjax.inpaint.score of the tree's predictions
+    # every method is scored on the sensors that all of them filled (the model fills all)
+    est = {name: inpaint.METHODS[name](npho, time, mask) for name in scores if name != "model"}
+    common = [np.logical_and.reduce([inpaint.valid(e[k]) for e in est.values()]) for k in (0, 1)]
     pn, pt = np.full((N_EVAL, N), np.nan), np.full((N_EVAL, N), np.nan)
     pn[idx, s], pt[idx, s] = tree["pred_npho"], tree["pred_time"] / 1e9
-    want = inpaint.score(pn, pt, npho, time, mask)
-    assert scores["model"]["all"] == pytest.approx(want["all"], rel=1e-4)
-    assert want["all"]["n_npho"] == len(idx) and want["all"]["n_npho_unfilled"] == 0
+    est["model"] = (pn, pt)
+    counts = ("n_npho_unfilled", "n_time_unfilled", "n_npho_compared", "n_time_compared")
+    for name, (est_n, est_t) in est.items():
+        full = inpaint.score(est_n, est_t, npho, time, mask)
+        want = inpaint.score(np.where(common[0], est_n, np.nan), np.where(common[1], est_t,
+                             np.nan), npho, time, mask)  # fmt: skip
+        for face in (*geometry.FACE_NAMES, "all"):
+            got = scores[name][face]
+            assert {k: v for k, v in got.items() if k not in counts} == pytest.approx(
+                {k: v for k, v in want[face].items() if k not in counts}, rel=1e-4, nan_ok=True
+            ), (name, face)
+            for ch in ("npho", "time"):
+                assert got[f"n_{ch}_unfilled"] == full[face][f"n_{ch}_unfilled"]
+                n_common = want[face][f"n_{ch}"] - want[face][f"n_{ch}_unfilled"]
+                assert got[f"n_{ch}_compared"] == n_common
+    for name, prefix in (("neighbour_average", "neighbour"), ("solid_angle_weighted",
+                                                             "solid_angle")):  # fmt: skip
+        np.testing.assert_allclose(tree[f"{prefix}_npho"], est[name][0][idx, s], rtol=1e-4,
+                                   atol=1e-2)  # fmt: skip
+    assert scores["model"]["all"]["n_npho"] == len(idx)
+    assert scores["model"]["all"]["n_npho_unfilled"] == 0
     # the feature-space loss: the training validation's formula, finite
     losses = summary["feature_losses"]
     assert np.isfinite(losses["total_loss"])

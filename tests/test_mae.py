@@ -268,6 +268,25 @@ def test_encoder_loading_copies_exactly_the_encoder(base, mae_run):
             np.testing.assert_array_equal(leaf, flat[path])
 
 
+def test_a_vertex_input_regressor_takes_the_encoder_and_keeps_its_vertex_token(base, mae_run):
+    """model.vertex_input: one token more than the MAE (the last): pos_embed gets the MAE's
+    rows for the face tokens, its vertex row and the vertex embedding stay as initialised."""
+    config = isolated_config(REGRESSOR, base)
+    config.model.vertex_input = True
+    fresh, _ = make_apply(build_model(config.model, rngs=nnx.Rngs(7)))
+    loaded, _ = finetune.load_encoder(fresh, base / "mae", Normaliser())
+    _, _, mae_params, _ = load_for_inference(base / "mae", "best", ema=True)
+    want, got, init = encoder_of(mae_params), encoder_of(loaded), encoder_of(fresh)
+    assert got["pos_embed"].shape[0] == want["pos_embed"].shape[0] + 1
+    np.testing.assert_array_equal(got["pos_embed"][:-1], want["pos_embed"])
+    np.testing.assert_array_equal(got["pos_embed"][-1], init["pos_embed"][-1])
+    for name in want:
+        if name != "pos_embed":
+            np.testing.assert_array_equal(got[name], want[name], err_msg=name)
+    np.testing.assert_array_equal(loaded["vertex_embed"]["fc1"]["kernel"][...],
+                                  fresh["vertex_embed"]["fc1"]["kernel"][...])  # fmt: skip
+
+
 def fake_checkpoint(work: Path, model_over: dict, norm: Normaliser) -> Path:
     """A `best` checkpoint of an MAE with changed model options, untrained (for refusals)."""
     config = isolated_config(MAE, work)

@@ -164,7 +164,8 @@ def load_for_inference(
     Returns:
       (model_cfg, normaliser, params, apply_fn) with
       apply_fn(params, x [B, 4760, 2], train=False, rng=None) -> [B, 2] (theta, phi deg), or
-      [B, 4] with log sigmas for an uncertainty model. Parameters live on the default device.
+      [B, 4] with log sigmas for an uncertainty model. Parameters live on this process's first
+      device.
     """
     from flax import nnx
 
@@ -177,7 +178,9 @@ def load_for_inference(
     normaliser = Normaliser.from_dict(meta["normaliser"])
     abstract_model = nnx.eval_shape(lambda: build_model(model_cfg, rngs=nnx.Rngs(0)))
     abstract_params, apply_fn = make_apply(abstract_model)
-    device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+    # this process's first device: with several processes jax.devices()[0] belongs to process 0
+    # and the others could not restore onto it (fine-tuning loads its encoder on every process)
+    device = jax.sharding.SingleDeviceSharding(jax.local_devices()[0])
     target = jax.tree.map(
         lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=device), abstract_params
     )

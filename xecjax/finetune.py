@@ -2,11 +2,14 @@
 
 The encoder of the XECRegressor (the parameters under ENCODER_PARTS: backbone, hex_encoder,
 pos_embed, fusion) is copied from the best EMA checkpoint of a masked-autoencoder run
-(xecjax.models.mae keeps those names); the heads (and a vertex embedding) stay freshly
-initialised. Strict: every encoder leaf of the new model must exist in the checkpoint with the
-same shape and dtype, and the checkpoint's encoder must have no leaf the model lacks; the input
-normalisation must be the checkpoint's, since the encoder learned on its features. Anything else
-is a ValueError naming the parameter, the shapes and the checkpoint, never a partial load.
+(xecjax.models.mae keeps those names); the heads stay freshly initialised. A regressor with
+model.vertex_input (which the MAE has not: no vertex in unlabelled data) gets the MAE's
+positional embeddings for the face tokens and keeps its vertex embedding and the vertex token's
+position (the last row of pos_embed) freshly initialised. Strict: every encoder leaf of the new
+model must exist in the checkpoint with the same shape and dtype, and the checkpoint's encoder
+must have no leaf the model lacks; the input normalisation must be the checkpoint's, since the
+encoder learned on its features. Anything else is a ValueError naming the parameter, the shapes
+and the checkpoint, never a partial load.
 
 An inpainter (config.objective = "inpainter", xecjax.inpainter; the MAE's own model family)
 copies the decoders too (decoders=True, config.inpainter.init_decoders): every parameter under
@@ -65,6 +68,10 @@ def encoder_leaves(params, decoders: bool = False) -> dict[str, Any]:
     return {leaf_name(p): v for p, v in flat if _copied(leaf_name(p), decoders)}
 
 
+def _names(params) -> list[str]:
+    return [leaf_name(p) for p, _ in jax.tree_util.tree_flatten_with_path(params)[0]]
+
+
 def _copied(name: str, decoders: bool) -> bool:
     return is_encoder(name) or (decoders and is_decoder(name))
 
@@ -108,8 +115,13 @@ def load_encoder(
             + "; ".join(problems)
             + f" (the {what} options of config.model must equal the checkpoint's)"
         )
+    # a vertex-input regressor: one token (the last) more than the MAE, its pos_embed row fresh
+    vertex_row = any(n.startswith("vertex_embed/") for n in _names(params))
     for name, new in target.items():
         old = source[name]
+        if vertex_row and name == "pos_embed" and new.shape == (old.shape[0] + 1, *old.shape[1:]):
+            source[name] = new.at[:-1].set(old.astype(new.dtype))
+            continue
         if old.shape != new.shape or old.dtype != new.dtype:
             raise ValueError(
                 f"init_from {where}: {what} parameter {name} has shape {tuple(old.shape)} "

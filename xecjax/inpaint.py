@@ -83,8 +83,12 @@ def neighbour_rings() -> tuple[tuple[np.ndarray, np.ndarray], tuple[np.ndarray, 
     return (ids1, m1), (ids2, m2)
 
 
-def _valid(x: np.ndarray) -> np.ndarray:
+def valid(x: np.ndarray) -> np.ndarray:
+    """Whether values are measurements / estimates: finite and not the 1e10 dead marker."""
     return np.isfinite(x) & (np.abs(x) < INVALID)
+
+
+_valid = valid
 
 
 def _check(npho, time, mask) -> tuple[np.ndarray, np.ndarray, np.ndarray]:

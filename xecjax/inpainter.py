@@ -96,7 +96,42 @@ def complete(apply_fn, params, x, mask, normaliser: Normaliser):
     fill = to_fill(x, mask, sn)
     pred = apply_fn(params, mae_objective.apply_mask(x, fill, sn, st), False, None)
     pred = pred.astype(jnp.float32)
-    return jnp.where(fill[..., None], pred, x), pred
+    # as the Normaliser does: no time feature where the (filled) npho is below its threshold,
+    # so the completed array is what normalising the filled raw values gives (and the angle
+    # model never sees a time the inpainter was not trained on)
+    dim = pred[..., 0] < npho_threshold_feature(normaliser)
+    filled = jnp.stack([pred[..., 0], jnp.where(dim, st, pred[..., 1])], -1)
+    return jnp.where(fill[..., None], filled, x), pred
+
+
+def compare_methods(cat: dict, methods, threshold: float) -> dict[str, dict]:
+    """{method: inpaint.score_sensors result} with every method's errors taken on the same
+    sensors: those that every method filled (a baseline leaves a sensor unfilled, NaN, where
+    no neighbour is usable; the model fills all). Per face and channel, n_<ch> counts the
+    scored sensors, n_<ch>_unfilled this method's unfilled ones, n_<ch>_compared the sensors
+    the errors are computed on."""
+    filled = {ch: np.logical_and.reduce([inpaint.valid(cat[f"{m}_{ch}"]) for m in methods])
+              for ch in ("n", "t")}  # fmt: skip
+    out = {}
+    for m in methods:
+        args = (cat["sensor"], cat[f"{m}_n"], cat[f"{m}_t"], cat["truth_n"], cat["truth_t"])
+        full = inpaint.score_sensors(*args, threshold)
+        common = {ch: np.where(filled[ch], cat[f"{m}_{ch}"], np.nan) for ch in ("n", "t")}
+        res = inpaint.score_sensors(cat["sensor"], common["n"], common["t"], cat["truth_n"],
+                                    cat["truth_t"], threshold)  # fmt: skip
+        for face, row in res.items():
+            for ch in ("npho", "time"):
+                row[f"n_{ch}_compared"] = row[f"n_{ch}"] - row[f"n_{ch}_unfilled"]
+                row[f"n_{ch}_unfilled"] = full[face][f"n_{ch}_unfilled"]
+        out[m] = res
+    return out
+
+
+def npho_threshold_feature(normaliser: Normaliser) -> float:
+    """The npho feature of Normaliser.npho_threshold photons: below it the Normaliser gives
+    the time feature sentinel_time (the npho feature rises with npho in every scheme)."""
+    n = np.full((1, geometry.N_SENSORS), normaliser.npho_threshold, np.float32)
+    return float(np.asarray(normaliser(n, np.zeros_like(n)))[0, 0, 0])
 
 
 def completion_function(apply_fn, params, normaliser: Normaliser) -> Callable:
@@ -266,18 +301,7 @@ def evaluate_run(
         if n_done == 0:  # inside the writer: its temporary file is removed, not renamed
             raise ValueError(f"no events to evaluate in {[s.path for s in sources]}")
     cat = {k: np.concatenate(v) for k, v in keep.items() if v}
-    scores = {
-        name: inpaint.score_sensors(
-            cat["sensor"],
-            cat[f"{name}_n"],
-            cat[f"{name}_t"],
-            cat["truth_n"],
-            cat["truth_t"],
-            threshold,
-        )
-        for name in METHODS
-        if f"{name}_n" in cat
-    }
+    scores = compare_methods(cat, [m for m in METHODS if f"{m}_n" in cat], threshold)
     losses = mae_objective.summarise(sums, settings["channel_weights"])
     plots.plot_inpainting_errors(cat, scores, files["errors"], threshold)
     plots.plot_inpainting_examples(examples, files["examples"], threshold)
@@ -345,7 +369,9 @@ def summary_markdown(summary: dict[str, Any]) -> str:
         "",
         f"Errors = estimate - truth on the masked sensors: npho in {summary['units']['npho']}, "
         f"time in ns (sensors with truth npho >= {summary['time_min_npho']:g}). MAE = mean "
-        "|error|, abs68 = 68 % quantile of |error|.",
+        "|error|, abs68 = 68 % quantile of |error|. Every method on the same sensors: those "
+        "that all methods filled (n); `unfilled` counts each method's sensors without an "
+        "estimate (npho / time).",
         "",
         "| face | method | n | npho MAE | npho abs68 | npho bias | time MAE | time abs68 | "
         "time bias | unfilled |",
@@ -356,7 +382,7 @@ def summary_markdown(summary: dict[str, Any]) -> str:
         for method, per in scores.items():
             r = per[face]
             lines.append(
-                f"| {face} | {method} | {r['n_npho']} | {r['npho_mae']:.4g} | "
+                f"| {face} | {method} | {r['n_npho_compared']} | {r['npho_mae']:.4g} | "
                 f"{r['npho_abs68']:.4g} | {r['npho_bias']:.4g} | {r['time_mae_ns']:.4g} | "
                 f"{r['time_abs68_ns']:.4g} | {r['time_bias_ns']:.4g} | "
                 f"{r['n_npho_unfilled']} / {r['n_time_unfilled']} |"
