@@ -38,6 +38,11 @@ def get_config(arg: str | None = None):
     # and the HexNeXt blocks of the top / bottom decoders
     m.decoder_dim = {"default": 128, "toy": 32, "smoke": 8}[c.variant]
     m.decoder_hex_depth = {"default": 2, "toy": 1, "smoke": 1}[c.variant]
+    # "none": the decoders reconstruct every sensor; "neighbours": they correct the average of
+    # its observed face neighbours (xecjax.models.mae; the inpainter's default). The model
+    # tells observed sensors by the Normaliser's sentinels, repeated here (checked in training)
+    m.decoder_residual = "none"
+    m.sentinel_npho, m.sentinel_time = -1.0, -1.0
     c.optim.loss, c.optim.point_weight = "smooth_l1", 0.0  # unused: the MAE loss is config.mae
 
     c.mae = ml_collections.ConfigDict()

@@ -138,17 +138,31 @@ def test_inpainter_trains_from_the_mae_with_a_frozen_encoder(mae_run, inp_run):
     assert len(want) > 0 and sorted(got) == sorted(want)
     for name, value in want.items():
         np.testing.assert_array_equal(got[name], value, err_msg=name)
-    dec_want = {k: v for k, v in leaves(mae_params, True).items() if k not in want}
-    dec_got = leaves(params, True)
-    assert len(dec_want) > 0
-    assert max(np.abs(dec_got[k] - v).max() for k, v in dec_want.items()) > 1e-5
+    # the decoders started fresh (decoder_residual "neighbours", init_decoders False): their
+    # final layers, zero at the start (the neighbour average), moved
+    outs = {k: v for k, v in leaves(params, True).items()
+            if k.startswith("decoder_") and "/out/" in k}  # fmt: skip
+    assert len(outs) == 2 * len({k.split("/")[0] for k in outs})  # kernel and bias each
+    assert max(np.abs(v).max() for v in outs.values()) > 1e-6
 
 
 def test_loading_copies_encoder_and_decoders_strictly(mae_run, tmp_path):
     config = isolated_config(INPAINTER, tmp_path)
-    fresh, _ = make_apply(build_model(config.model, rngs=nnx.Rngs(7)))
-    loaded, info = finetune.load_encoder(fresh, mae_run, Normaliser(), decoders=True)
+    # the neighbour-residual inpainter takes the encoder only: the MAE's decoders are refused
+    residual, _ = make_apply(build_model(config.model, rngs=nnx.Rngs(7)))
+    with pytest.raises(ValueError, match="decoder_residual = 'none', this model 'neighbours'"):
+        finetune.load_encoder(residual, mae_run, Normaliser(), decoders=True,
+                              decoder_residual="neighbours")  # fmt: skip
+    loaded, _ = finetune.load_encoder(residual, mae_run, Normaliser())
+    got = leaves(loaded)
     _, _, mae_params, _ = load_for_inference(mae_run, "best", ema=True)
+    for name, value in leaves(mae_params).items():
+        np.testing.assert_array_equal(got[name], value, err_msg=name)
+    # the MAE's decoders: an inpainter without the residual copies them too
+    config.model.decoder_residual = "none"
+    fresh, _ = make_apply(build_model(config.model, rngs=nnx.Rngs(7)))
+    loaded, info = finetune.load_encoder(fresh, mae_run, Normaliser(), decoders=True,
+                                         decoder_residual="none")  # fmt: skip
     want = leaves(mae_params, True)
     got = leaves(loaded, True)
     assert info["leaves"] == len(want) == len(jax.tree.leaves(fresh))  # the whole model
@@ -167,6 +181,45 @@ def test_loading_copies_encoder_and_decoders_strictly(mae_run, tmp_path):
                                          r"shape .* in the checkpoint but"):  # fmt: skip
         finetune.load_encoder(fresh, tmp_path / "other", Normaliser(), decoders=True)
     finetune.load_encoder(fresh, tmp_path / "other", Normaliser(), decoders=False)
+
+
+def test_untrained_residual_model_gives_the_feature_space_neighbour_average(tmp_path):
+    config = isolated_config(INPAINTER, tmp_path)
+    assert config.model.decoder_residual == "neighbours"
+    params, apply_fn = make_apply(build_model(config.model, rngs=nnx.Rngs(3)))
+    sn, st = config.model.sentinel_npho, config.model.sentinel_time
+    rng = np.random.default_rng(5)
+    x = rng.uniform(0.0, 3.0, (2, N, 2)).astype(np.float32)
+    ids, nmask = geometry.face_neighbors()
+    s = int(geometry.INNER_MAP[40, 20])  # an interior inner sensor: 8 neighbours
+    nb = ids[s][nmask[s]]
+    assert len(nb) == 8
+    x[0, s] = (sn, st)  # masked
+    x[0, nb[0]] = (sn, st)  # a dead neighbour: skipped
+    x[0, nb[1], 1] = st  # below the npho threshold: its npho counts, its time not
+    # event 1: every neighbour of s missing: the mean of the observed sensors of its face
+    x[1, np.r_[s, nb]] = (sn, st)
+    pred = np.asarray(jax.jit(apply_fn, static_argnums=2)(params, jnp.asarray(x), False, None))
+    assert pred.dtype == np.float32 and pred.shape == (2, N, 2)
+    np.testing.assert_allclose(pred[0, s], [x[0, nb[1:], 0].mean(), x[0, nb[2:], 1].mean()],
+                               rtol=1e-6)  # fmt: skip
+    face = (geometry.FACE_OF == geometry.FACE_OF[s]) & (x[1, :, 0] != sn)
+    np.testing.assert_allclose(pred[1, s], x[1, face].mean(0), rtol=1e-5)
+    # every sensor: the neighbour average of the input (observed ones included)
+    want = np.zeros((2, N, 2))
+    for ch in (0, 1):
+        use = x[..., 0] != sn
+        if ch == 1:
+            use &= x[..., 1] != st
+        w = use[:, ids] & nmask
+        total, count = (np.where(w, x[:, ids, ch], 0.0)).sum(-1), w.sum(-1)
+        want[..., ch] = np.where(count > 0, total / np.maximum(count, 1), np.nan)
+    ok = ~np.isnan(want)
+    np.testing.assert_allclose(pred[ok], want[ok], rtol=1e-5, atol=1e-6)
+    # the model's sentinels must be the Normaliser's (checked when training starts)
+    mae_objective.check_sentinels(config.model, Normaliser())
+    with pytest.raises(ValueError, match="model.sentinel_npho = -1.0 but the Normaliser's"):
+        mae_objective.check_sentinels(config.model, Normaliser(sentinel_npho=-2.0))
 
 
 def test_config_refusals(tmp_path):

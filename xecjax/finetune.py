@@ -13,7 +13,11 @@ and the checkpoint, never a partial load.
 
 An inpainter (config.objective = "inpainter", xecjax.inpainter; the MAE's own model family)
 copies the decoders too (decoders=True, config.inpainter.init_decoders): every parameter under
-ENCODER_PARTS and DECODER_PREFIX, with the same strictness.
+ENCODER_PARTS and DECODER_PREFIX, with the same strictness. The decoders of a checkpoint with
+another model.decoder_residual are refused (their output would mean something else: a
+reconstruction, not a correction of the neighbour average; xecjax.models.mae): an inpainter
+with decoder_residual = "neighbours" takes the encoder only (inpainter.init_decoders = False,
+the default of configs/inpainter.py) and its decoders start at the neighbour average.
 
 The copy happens once, when the run starts fresh; a resumed run restores its own parameters
 (and keeps config.init_from in its config only as a record). With config.init_freeze_epochs = N
@@ -77,15 +81,22 @@ def _copied(name: str, decoders: bool) -> bool:
 
 
 def load_encoder(
-    params, init_from: str | Path, normaliser=None, which: str = "best", decoders: bool = False
+    params,
+    init_from: str | Path,
+    normaliser=None,
+    which: str = "best",
+    decoders: bool = False,
+    decoder_residual: str | None = None,
 ):
     """params with their encoder leaves replaced by those of the `which` (default best) EMA
     checkpoint of the run in `init_from` (a workdir or its checkpoints directory); with
     decoders=True the face decoders' leaves too (an inpainter from an MAE run).
 
     Returns (params, info) with info {"checkpoint", "step", "model", "leaves"}. normaliser: the
-    run's Normaliser, refused when it differs from the checkpoint's. Raises ValueError on any
-    mismatch (names, shapes, dtypes, normalisation), FileNotFoundError without a checkpoint.
+    run's Normaliser, refused when it differs from the checkpoint's. decoder_residual: this
+    model's model.decoder_residual; with decoders=True refused when it differs from the
+    checkpoint's (even where the shapes would fit). Raises ValueError on any mismatch (names,
+    shapes, dtypes, normalisation), FileNotFoundError without a checkpoint.
     """
     from xecjax.checkpoint import load_for_inference, read_meta, resolve_checkpoint_dir
 
@@ -99,6 +110,13 @@ def load_encoder(
             f"init_from {where}: the checkpoint's encoder learned on another normalisation; "
             "set config.norm to the checkpoint's values: "
             + ", ".join(f"norm.{k} = {a!r} (here {b!r})" for k, (a, b) in diff.items())
+        )
+    theirs = model_cfg.get("decoder_residual", "none")
+    if decoders and decoder_residual is not None and theirs != decoder_residual:
+        raise ValueError(
+            f"init_from {where}: its decoders have model.decoder_residual = {theirs!r}, this "
+            f"model {decoder_residual!r}: take the encoder only "
+            "(config.inpainter.init_decoders = false)"
         )
     source = encoder_leaves(ckpt_params, decoders)
     target = encoder_leaves(params, decoders)

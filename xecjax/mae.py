@@ -80,6 +80,21 @@ def settings(config) -> ml_collections.ConfigDict:
     return config["inpainter"] if name == "inpainter" else config["mae"]
 
 
+def check_sentinels(model_cfg, normaliser) -> None:
+    """A model with decoder_residual = "neighbours" tells observed sensors from the sentinels
+    model.sentinel_npho / sentinel_time (default -1, -1): they must be the Normaliser's."""
+    if model_cfg.get("decoder_residual", "none") == "none":
+        return
+    for ch in ("npho", "time"):
+        mine, theirs = (
+            float(model_cfg.get(f"sentinel_{ch}", -1.0)),
+            getattr(normaliser, f"sentinel_{ch}"),
+        )
+        if mine != float(theirs):
+            raise ValueError(f"model.decoder_residual: model.sentinel_{ch} = {mine} but the "
+                             f"Normaliser's sentinel_{ch} is {theirs}: set them equal")  # fmt: skip
+
+
 def check_config(config: ml_collections.ConfigDict) -> None:
     """Refuse options an MAE or inpainter run cannot honour (rather than ignoring them
     silently)."""

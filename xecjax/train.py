@@ -327,6 +327,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
         _, meta = read_meta(source.root / "last", "last")
         check_resume_config(meta["config"], config, source.root)
     data = make_data(config, meta)
+    if objective in mae_objective.RECONSTRUCTION:
+        mae_objective.check_sentinels(config.model, data["normaliser"])
     steps_per_epoch = data["train"].num_batches()  # the same on every process
     if steps_per_epoch == 0:
         raise ValueError(f"fewer training events than one batch ({config.data.batch_size})")
@@ -341,8 +343,9 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str | Path) -
         # its own parameters below and never reloads it); an inpainter takes the decoders too
         decoders = objective == "inpainter" and bool(config.inpainter.init_decoders)
         params, info = finetune.load_encoder(
-            params, config.init_from, data["normaliser"], decoders=decoders
-        )
+            params, config.init_from, data["normaliser"], decoders=decoders,
+            decoder_residual=config.model.get("decoder_residual", "none"),
+        )  # fmt: skip
         if is_main:
             print(f"{'encoder and decoders' if decoders else 'encoder'} initialised from "
                   f"{info['checkpoint']} (step {info['step']}, {info['leaves']} parameter "
