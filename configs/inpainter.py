@@ -29,16 +29,14 @@ decoders, no neighbour average),
 (`--config.inpainter.loss=l1`, `npho_weight`, `channel_weights`).
 """
 
-import importlib.util
 from pathlib import Path
 
-_spec = importlib.util.spec_from_file_location("mae_config", Path(__file__).with_name("mae.py"))
-_mae = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(_mae)
+from xecjax.config import load_config
 
 
 def get_config(arg: str | None = None):
-    c = _mae.get_config(arg)  # the MAE's model (same variant: init_from loads it) and loss
+    # the MAE's model (the same variant: init_from loads it) and loss
+    c = load_config(f"{Path(__file__).with_name('mae.py')}:{arg or ''}")
     c.objective = "inpainter"
     c.inpainter = c.mae  # the masking and loss settings (xecjax.mae.settings), then:
     del c["mae"]

@@ -14,20 +14,15 @@ names and shapes; optionally frozen for the first epochs):
 `--config.mae.mask_ratio=0.5`, `--config.mae.npho_weight=npho`, `--config.mae.loss=mse`.
 """
 
-import importlib.util
 from pathlib import Path
 
 import ml_collections
 
-_spec = importlib.util.spec_from_file_location(
-    "convnext_config", Path(__file__).with_name("convnext.py")
-)
-_convnext = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(_convnext)
+from xecjax.config import load_config
 
 
 def get_config(arg: str | None = None):
-    c = _convnext.get_config(arg)
+    c = load_config(f"{Path(__file__).with_name('convnext.py')}:{arg or ''}")
     c.objective = "mae"
     m = c.model
     m.name = "mae"

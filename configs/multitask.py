@@ -11,18 +11,13 @@ event time that the timing head measures. Per-task options:
 `--config.tasks.loss_balance=auto`, `--config.tasks.timing.enabled=false`.
 """
 
-import importlib.util
 from pathlib import Path
 
-_spec = importlib.util.spec_from_file_location(
-    "convnext_config", Path(__file__).with_name("convnext.py")
-)
-_convnext = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(_convnext)
+from xecjax.config import load_config
 
 
 def get_config(arg: str | None = None):
-    c = _convnext.get_config(arg)
+    c = load_config(f"{Path(__file__).with_name('convnext.py')}:{arg or ''}")
     for name in ("energy", "timing", "uvw"):
         c.tasks[name].enabled = True
     c.data.toy_energy_mev = (40.0, 56.0)

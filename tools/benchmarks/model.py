@@ -13,10 +13,8 @@ are random normalised sensor arrays: the cost of the model does not depend on th
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import statistics
 import time
-from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -25,6 +23,7 @@ import optax
 from flax import nnx
 
 from xecjax import geometry, native, tasks
+from xecjax.config import load_config
 from xecjax.models import build_model, count_params, make_apply, needs_vertex, training_dtype
 
 from .onnx import timed
@@ -43,14 +42,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def load_model_config(spec: str) -> ml_collections.ConfigDict:
     """'configs/x.py:variant' -> the model section of get_config(variant)."""
-    path, _, variant = spec.partition(":")
-    file = Path(path)
-    if not file.is_file():
-        raise FileNotFoundError(f"--config: no config file {file}")
-    module_spec = importlib.util.spec_from_file_location(f"bench_cfg_{file.stem}", file)
-    module = importlib.util.module_from_spec(module_spec)
-    module_spec.loader.exec_module(module)
-    config = module.get_config(variant or None)
+    config = load_config(spec)
     tasks.configure_model(config)  # the task heads of a multi-task config, as training adds them
     return config.model
 
